@@ -1,0 +1,1 @@
+"""kip: kernel-based dataset distillation in JAX."""

@@ -1,0 +1,498 @@
+"""Infinite-width NNGP / NTK layers, composable like ``neural_tangents.stax``.
+
+Contract (stated once, as in ``jax.example_libraries.stax``): a layer constructor captures its
+hyperparameters and returns a :class:`Layer`, a triple of pure functions
+
+* ``init_fn(key, input_shape) -> (output_shape, params)``: a finite network of that architecture,
+* ``apply_fn(params, x) -> y``: its forward pass (NHWC), used by Monte-Carlo checks,
+* ``kernel_fn(k: Kernel) -> Kernel``: the infinite-width limit acting on a block of kernels.
+
+A :class:`Kernel` holds, for a block of ``b1`` inputs ``x1`` and ``b2`` inputs ``x2``, the cross
+covariances ``nngp`` and ``ntk`` of shape ``(b1, b2, *S)`` and the per-image self covariances
+``cov1`` ``(b1, *S)`` and ``cov2`` ``(b2, *S)``. ``S`` is ``(H1, W1, H2, W2)`` while the
+network is spatial (the full pixel-by-pixel covariance, needed because average pooling mixes
+neighbouring pixels) and ``()`` after :func:`Flatten` / :func:`GlobalAvgPool`.
+
+All layers use the NTK parameterization of neural-tangents: a weight ``w ~ N(0, 1)`` enters as
+``W_std / sqrt(fan_in) * w`` and a bias as ``b_std * b``.
+
+References:
+  Lee et al., "Deep Neural Networks as Gaussian Processes", ICLR 2018.
+  Jacot et al., "Neural Tangent Kernel", NeurIPS 2018.
+  Novak et al., "Bayesian Deep Convolutional Networks with Many Channels are Gaussian
+  Processes", ICLR 2019; "Neural Tangents", ICLR 2020.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Callable, NamedTuple, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+__all__ = [
+    "Kernel", "Layer", "serial", "Dense", "Conv", "Relu", "ABRelu", "LeakyRelu", "Abs", "Erf",
+    "AvgPool", "Flatten", "GlobalAvgPool", "input_kernel",
+]
+
+
+# ----------------------------------------------------------------------------- state
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Kernel:
+  """A block of infinite-width kernels (a pytree: arrays are leaves).
+
+  Attributes:
+    nngp: ``(b1, b2, *S)`` NNGP covariance between ``x1`` and ``x2``.
+    ntk: ``(b1, b2, *S)`` NTK, or ``None`` when only the NNGP is wanted.
+    cov1: ``(b1, *S)`` NNGP covariance of each ``x1`` image with itself.
+    cov2: ``(b2, *S)`` likewise for ``x2``.
+
+  ``S = (H1, W1, H2, W2)`` for spatial activations (``H1 == H2``, ``W1 == W2``), ``()`` after
+  flattening.
+  """
+  nngp: jax.Array
+  ntk: Optional[jax.Array]
+  cov1: jax.Array
+  cov2: jax.Array
+
+  @property
+  def is_spatial(self) -> bool:
+    return self.cov1.ndim == 5
+
+  def replace(self, **changes) -> "Kernel":
+    return dataclasses.replace(self, **changes)
+
+
+class Layer(NamedTuple):
+  """``(init_fn, apply_fn, kernel_fn)`` as in ``neural_tangents.stax``."""
+  init_fn: Callable[[jax.Array, Sequence[int]], tuple[tuple[int, ...], Any]]
+  apply_fn: Callable[[Any, jax.Array], jax.Array]
+  kernel_fn: Callable[[Kernel], Kernel]
+
+
+def _map_all(k: Kernel, fn: Callable[[jax.Array], jax.Array]) -> Kernel:
+  """Applies a linear map of the trailing covariance axes to every field."""
+  return k.replace(nngp=fn(k.nngp), ntk=None if k.ntk is None else fn(k.ntk),
+                   cov1=fn(k.cov1), cov2=fn(k.cov2))
+
+
+def input_kernel(x1: jax.Array, x2: jax.Array, compute_ntk: bool) -> Kernel:
+  """The kernel of the inputs themselves: ``K(x, x')_{ij} = <x_i, x'_j> / C``.
+
+  Args:
+    x1: ``(b1, H, W, C)`` images or ``(b1, D)`` vectors.
+    x2: ``(b2, H, W, C)`` or ``(b2, D)``.
+    compute_ntk: whether to carry an NTK (zero for the inputs).
+
+  Returns:
+    A :class:`Kernel` with ``S = (H, W, H, W)`` for images and ``()`` for vectors.
+  """
+  c = x1.shape[-1]
+  if x1.ndim == 2:
+    nngp = x1 @ x2.T / c
+    cov1 = jnp.sum(x1 * x1, -1) / c
+    cov2 = jnp.sum(x2 * x2, -1) / c
+  elif x1.ndim == 4:
+    nngp = jnp.einsum("aijc,bklc->abijkl", x1, x2) / c
+    cov1 = jnp.einsum("aijc,aklc->aijkl", x1, x1) / c
+    cov2 = jnp.einsum("aijc,aklc->aijkl", x2, x2) / c
+  else:
+    raise ValueError(f"inputs must be (n, D) or (n, H, W, C); got shape {x1.shape}.")
+  return Kernel(nngp=nngp, ntk=jnp.zeros_like(nngp) if compute_ntk else None,
+                cov1=cov1, cov2=cov2)
+
+
+# ----------------------------------------------------------------------------- combinators
+def serial(*layers: Layer) -> Layer:
+  """Composes layers left to right, like ``stax.serial``."""
+  if not layers:
+    raise ValueError("serial() needs at least one layer.")
+  init_fns, apply_fns, kernel_fns = zip(*layers)
+
+  def init_fn(key, input_shape):
+    params = []
+    for f in init_fns:
+      key, sub = jax.random.split(key)
+      input_shape, p = f(sub, input_shape)
+      params.append(p)
+    return input_shape, tuple(params)
+
+  def apply_fn(params, x):
+    for f, p in zip(apply_fns, params):
+      x = f(p, x)
+    return x
+
+  def kernel_fn(k: Kernel) -> Kernel:
+    for f in kernel_fns:
+      k = f(k)
+    return k
+
+  return Layer(init_fn, apply_fn, kernel_fn)
+
+
+# ----------------------------------------------------------------------------- affine layers
+def _affine(k: Kernel, linear: Callable[[jax.Array], jax.Array], W_std: float,
+            b_std: Optional[float]) -> Kernel:
+  """NTK-parameterized affine layer given its action ``linear`` on covariances.
+
+  .. math::
+     K' = W_{std}^2 \\, A(K) + b_{std}^2, \\qquad \\Theta' = W_{std}^2 \\, A(\\Theta) + K'.
+  """
+  b2 = 0.0 if b_std is None else b_std ** 2
+  w2 = W_std ** 2
+  nngp = w2 * linear(k.nngp) + b2
+  ntk = None if k.ntk is None else w2 * linear(k.ntk) + nngp
+  return Kernel(nngp=nngp, ntk=ntk, cov1=w2 * linear(k.cov1) + b2,
+                cov2=w2 * linear(k.cov2) + b2)
+
+
+def Dense(out_dim: int, W_std: float = 1.0, b_std: Optional[float] = 0.0) -> Layer:
+  """Fully connected layer ``y = W_std / sqrt(D) * x w + b_std * b`` (on the channel axis).
+
+  On spatial inputs it acts pixel-wise (a 1x1 convolution), as in neural-tangents.
+
+  Args:
+    out_dim: width of the finite network (irrelevant to the kernel).
+    W_std: weight standard deviation.
+    b_std: bias standard deviation, or ``None`` for no bias.
+  """
+
+  def init_fn(key, input_shape):
+    kw, kb = jax.random.split(key)
+    w = jax.random.normal(kw, (input_shape[-1], out_dim))
+    b = jax.random.normal(kb, (out_dim,))
+    return tuple(input_shape[:-1]) + (out_dim,), (w, b)
+
+  def apply_fn(params, x):
+    w, b = params
+    y = W_std / math.sqrt(x.shape[-1]) * (x @ w)
+    return y if b_std is None else y + b_std * b
+
+  def kernel_fn(k):
+    return _affine(k, lambda a: a, W_std, b_std)
+
+  return Layer(init_fn, apply_fn, kernel_fn)
+
+
+def _diag_conv(a: jax.Array, fh: int, fw: int) -> jax.Array:
+  """``A(K)_{(i,j),(i',j')} = 1/(fh fw) sum_{p,q} K_{(i+p, j+q),(i'+p, j'+q)}``, SAME zero padding.
+
+  The diagonal convolution of a full spatial covariance (trailing axes ``H1, W1, H2, W2``):
+  both images are shifted by the same filter offset because the filter is shared. It is
+  separable, so the height and width sums are done one after the other (``fh + fw`` shifted
+  adds rather than ``fh * fw``).
+  """
+  lead = a.ndim - 4
+  h, w = a.shape[-4], a.shape[-3]
+  ph, pw = fh // 2, fw // 2
+  pad = [(0, 0)] * lead + [(ph, ph), (0, 0), (ph, ph), (0, 0)]
+  ap = jnp.pad(a, pad)
+  s = lead
+  acc = sum(lax.slice_in_dim(lax.slice_in_dim(ap, p, p + h, axis=s), p, p + h, axis=s + 2)
+            for p in range(fh))
+  pad = [(0, 0)] * lead + [(0, 0), (pw, pw), (0, 0), (pw, pw)]
+  ap = jnp.pad(acc, pad)
+  acc = sum(lax.slice_in_dim(lax.slice_in_dim(ap, q, q + w, axis=s + 1), q, q + w, axis=s + 3)
+            for q in range(fw))
+  return acc / (fh * fw)
+
+
+def Conv(out_chan: int, filter_shape: Sequence[int] = (3, 3), W_std: float = 1.0,
+         b_std: Optional[float] = 0.0) -> Layer:
+  """2-D convolution, stride 1, SAME padding, NTK parameterization.
+
+  .. math::
+     K'_{x x'}(i, i') = \\frac{W_{std}^2}{|F|} \\sum_{p \\in F} K_{x x'}(i + p, i' + p)
+       + b_{std}^2,
+
+  with zero padding outside the image and ``|F| = fh * fw`` (as ``neural_tangents.stax.Conv``
+  with ``padding='SAME'``).
+
+  Args:
+    out_chan: channels of the finite network.
+    filter_shape: odd ``(fh, fw)``.
+    W_std: weight standard deviation.
+    b_std: bias standard deviation or ``None``.
+  """
+  fh, fw = (int(s) for s in filter_shape)
+  if fh % 2 == 0 or fw % 2 == 0 or fh < 1 or fw < 1:
+    raise ValueError(f"filter_shape must be odd positive sizes for SAME padding; got "
+                     f"{tuple(filter_shape)}.")
+
+  def init_fn(key, input_shape):
+    kw, kb = jax.random.split(key)
+    w = jax.random.normal(kw, (fh, fw, input_shape[-1], out_chan))
+    b = jax.random.normal(kb, (out_chan,))
+    return tuple(input_shape[:-1]) + (out_chan,), (w, b)
+
+  def apply_fn(params, x):
+    w, b = params
+    fan_in = fh * fw * x.shape[-1]
+    y = lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    y = W_std / math.sqrt(fan_in) * y
+    return y if b_std is None else y + b_std * b
+
+  def kernel_fn(k):
+    if not k.is_spatial:
+      raise ValueError("Conv needs spatial (N, H, W, C) inputs; it comes after Flatten here.")
+    return _affine(k, functools.partial(_diag_conv, fh=fh, fw=fw), W_std, b_std)
+
+  return Layer(init_fn, apply_fn, kernel_fn)
+
+
+# ----------------------------------------------------------------------------- pooling
+def _pool4(a: jax.Array, window: int, stride: int) -> jax.Array:
+  lead = a.ndim - 4
+  dims = (1,) * lead + (window,) * 4
+  strides = (1,) * lead + (stride,) * 4
+  return lax.reduce_window(a, 0.0, lax.add, dims, strides, "VALID") / window ** 4
+
+
+def AvgPool(window: int = 2, stride: Optional[int] = None) -> Layer:
+  """Average pooling, square ``window``, VALID padding.
+
+  .. math::
+     K'_{x x'}(I, I') = \\frac{1}{|w|^2} \\sum_{i \\in I, i' \\in I'} K_{x x'}(i, i').
+  """
+  stride = window if stride is None else stride
+
+  def out_size(s):
+    if s < window:
+      raise ValueError(f"AvgPool({window}) on a spatial size {s} < {window}: the network is "
+                       "too deep for this image size (use fewer pooling layers).")
+    return (s - window) // stride + 1
+
+  def init_fn(key, input_shape):
+    n, h, w, c = input_shape
+    return (n, out_size(h), out_size(w), c), ()
+
+  def apply_fn(params, x):
+    del params
+    y = lax.reduce_window(x, 0.0, lax.add, (1, window, window, 1), (1, stride, stride, 1),
+                          "VALID")
+    return y / window ** 2
+
+  def kernel_fn(k):
+    if not k.is_spatial:
+      raise ValueError("AvgPool needs spatial inputs; it comes after Flatten here.")
+    out_size(k.cov1.shape[-1])
+    return _map_all(k, functools.partial(_pool4, window=window, stride=stride))
+
+  return Layer(init_fn, apply_fn, kernel_fn)
+
+
+def _spatial_diag_mean(a: jax.Array) -> jax.Array:
+  """Mean of ``a[..., i, j, i, j]`` over pixels: what a Dense layer after Flatten sees."""
+  h, w = a.shape[-4], a.shape[-3]
+  d = jnp.diagonal(jnp.diagonal(a, axis1=-4, axis2=-2), axis1=-3, axis2=-2)
+  return jnp.sum(d, axis=(-2, -1)) / (h * w)
+
+
+def Flatten() -> Layer:
+  """Flattens ``(N, H, W, C)`` to ``(N, H*W*C)``.
+
+  The following layer's fan-in is ``H W C``, so the kernel is the mean over pixels of the
+  same-pixel covariance: :math:`K' = \\frac{1}{HW} \\sum_i K(i, i)`.
+  """
+
+  def init_fn(key, input_shape):
+    return (input_shape[0], int(math.prod(input_shape[1:]))), ()
+
+  def apply_fn(params, x):
+    return x.reshape(x.shape[0], -1)
+
+  def kernel_fn(k):
+    return _map_all(k, _spatial_diag_mean) if k.is_spatial else k
+
+  return Layer(init_fn, apply_fn, kernel_fn)
+
+
+def GlobalAvgPool() -> Layer:
+  """Mean over pixels: :math:`K' = \\frac{1}{(HW)^2} \\sum_{i, i'} K(i, i')`."""
+
+  def init_fn(key, input_shape):
+    return (input_shape[0], input_shape[-1]), ()
+
+  def apply_fn(params, x):
+    return jnp.mean(x, axis=(1, 2))
+
+  def kernel_fn(k):
+    if not k.is_spatial:
+      raise ValueError("GlobalAvgPool needs spatial inputs.")
+    return _map_all(k, lambda a: jnp.mean(a, axis=(-4, -3, -2, -1)))
+
+  return Layer(init_fn, apply_fn, kernel_fn)
+
+
+# ----------------------------------------------------------------------------- nonlinearities
+def _variances(k: Kernel):
+  """Per-pixel variances ``var1 (b1, *P)``, ``var2 (b2, *P)`` (``P = (H, W)`` or ``()``)."""
+  if k.is_spatial:
+    d1 = jnp.diagonal(jnp.diagonal(k.cov1, axis1=-4, axis2=-2), axis1=-3, axis2=-2)
+    d2 = jnp.diagonal(jnp.diagonal(k.cov2, axis1=-4, axis2=-2), axis1=-3, axis2=-2)
+    return d1, d2
+  return k.cov1, k.cov2
+
+
+def _outer(v1: jax.Array, v2: jax.Array, cross: bool) -> jax.Array:
+  """Products ``v1(i) v2(i')`` laid out like a covariance.
+
+  ``cross=True``: ``v1 (b1, *P)``, ``v2 (b2, *P)`` -> ``(b1, b2, *P, *P)``.
+  ``cross=False``: ``v1 = v2 (b, *P)`` -> ``(b, *P, *P)``.
+  """
+  p = v1.ndim - 1
+  if cross:
+    a = v1.reshape(v1.shape[:1] + (1,) + v1.shape[1:] + (1,) * p)
+    b = v2.reshape((1,) + v2.shape[:1] + (1,) * p + v2.shape[1:])
+  else:
+    a = v1.reshape(v1.shape + (1,) * p)
+    b = v2.reshape(v2.shape[:1] + (1,) * p + v2.shape[1:])
+  return a * b
+
+
+@jax.custom_jvp
+def _safe_arccos(c):
+  """``arccos(c)`` on ``[-1, 1]`` whose derivative is finite at ``c = +-1``.
+
+  At ``|c| = 1`` the two inputs are aligned, ``c`` is at an extremum as a function of them and
+  its tangent is zero there; the infinite ``1/sqrt(1 - c^2)`` is replaced by 0 so that the
+  product is 0 (the subgradient of the underlying ``|angle|``) rather than NaN.
+  """
+  return jnp.arccos(c)
+
+
+@_safe_arccos.defjvp
+def _safe_arccos_jvp(primals, tangents):
+  c, = primals
+  t, = tangents
+  s = 1.0 - c * c
+  ok = s > 0
+  deriv = jnp.where(ok, -1.0 / jnp.sqrt(jnp.where(ok, s, 1.0)), 0.0)
+  return jnp.arccos(c), deriv * t
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
+def _abrelu_j(c, a, b):
+  """:math:`J(c) = (a^2+b^2)(\\sin\\theta + (\\pi-\\theta)c) - 2ab(\\sin\\theta - \\theta c)`.
+
+  With :math:`\\theta = \\arccos c`. Its derivative
+  :math:`J'(c) = (a^2+b^2)(\\pi - \\theta) + 2ab\\theta` is finite on ``[-1, 1]`` (the
+  infinite derivatives of ``sin`` and ``arccos`` cancel), which this custom JVP exploits.
+  """
+  theta = jnp.arccos(c)
+  sin = jnp.sqrt(jnp.maximum(1.0 - c * c, 0.0))
+  return (a * a + b * b) * (sin + (jnp.pi - theta) * c) - 2 * a * b * (sin - theta * c)
+
+
+@_abrelu_j.defjvp
+def _abrelu_j_jvp(a, b, primals, tangents):
+  c, = primals
+  t, = tangents
+  theta = jnp.arccos(c)
+  return _abrelu_j(c, a, b), ((a * a + b * b) * (jnp.pi - theta) + 2 * a * b * theta) * t
+
+
+def _elementwise(k: Kernel, nngp_fn, dot_fn) -> Kernel:
+  """Applies a nonlinearity given ``nngp_fn(cov12, var1*var2)`` and its derivative kernel."""
+  v1, v2 = _variances(k)
+  prod = _outer(v1, v2, cross=True)
+  nngp = nngp_fn(k.nngp, prod)
+  ntk = None if k.ntk is None else k.ntk * dot_fn(k.nngp, prod)
+  cov1 = nngp_fn(k.cov1, _outer(v1, v1, cross=False))
+  cov2 = nngp_fn(k.cov2, _outer(v2, v2, cross=False))
+  return Kernel(nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2)
+
+
+def _cosine(cov, prod):
+  pos = prod > 0
+  norm = jnp.sqrt(jnp.where(pos, prod, 1.0))
+  return jnp.clip(jnp.where(pos, cov / norm, 0.0), -1.0, 1.0), norm, pos
+
+
+def ABRelu(a: float, b: float) -> Layer:
+  """``phi(x) = a min(x, 0) + b max(x, 0)`` (ReLU: ``a=0, b=1``; abs: ``a=-1, b=1``).
+
+  With :math:`c = K_{12}/\\sqrt{K_{11}K_{22}}` and :math:`\\theta = \\arccos c` (Cho & Saul 2009):
+
+  .. math::
+     K' = \\frac{\\sqrt{K_{11}K_{22}}}{2\\pi}\\big[(a^2+b^2)(\\sin\\theta + (\\pi-\\theta)\\cos
+     \\theta) - 2ab(\\sin\\theta - \\theta\\cos\\theta)\\big],\\quad
+     \\dot K = \\frac{(a^2+b^2)(\\pi-\\theta) + 2ab\\,\\theta}{2\\pi},\\quad
+     \\Theta' = \\Theta \\odot \\dot K.
+  """
+  a, b = float(a), float(b)
+
+  def nngp_fn(cov, prod):
+    c, norm, pos = _cosine(cov, prod)
+    return jnp.where(pos, norm * _abrelu_j(c, a, b) / (2 * jnp.pi), 0.0)
+
+  def dot_fn(cov, prod):
+    c, _, _ = _cosine(cov, prod)
+    theta = _safe_arccos(c)
+    return ((a * a + b * b) * (jnp.pi - theta) + 2 * a * b * theta) / (2 * jnp.pi)
+
+  def init_fn(key, input_shape):
+    return tuple(input_shape), ()
+
+  def apply_fn(params, x):
+    return a * jnp.minimum(x, 0) + b * jnp.maximum(x, 0)
+
+  return Layer(init_fn, apply_fn, lambda k: _elementwise(k, nngp_fn, dot_fn))
+
+
+def Relu() -> Layer:
+  """Rectified linear unit, :func:`ABRelu` with ``a=0, b=1``."""
+  return ABRelu(0.0, 1.0)
+
+
+def LeakyRelu(alpha: float) -> Layer:
+  """``max(x, alpha x)``, :func:`ABRelu` with ``a=alpha, b=1``."""
+  return ABRelu(alpha, 1.0)
+
+
+def Abs() -> Layer:
+  """``|x|``, :func:`ABRelu` with ``a=-1, b=1``."""
+  return ABRelu(-1.0, 1.0)
+
+
+def Erf(a: float = 1.0, b: float = 1.0, c: float = 0.0) -> Layer:
+  """``phi(x) = a erf(b x) + c`` (Williams 1997).
+
+  .. math::
+     K' = \\frac{2a^2}{\\pi}\\arcsin\\frac{2b^2K_{12}}{\\sqrt{(1+2b^2K_{11})(1+2b^2K_{22})}} + c^2,
+     \\quad \\dot K = \\frac{4a^2b^2}{\\pi}\\big[(1+2b^2K_{11})(1+2b^2K_{22}) - 4b^4K_{12}^2
+     \\big]^{-1/2}.
+  """
+  a, b, c = float(a), float(b), float(c)
+
+  def kernel_fn(k):
+    v1, v2 = _variances(k)
+    u1, u2 = 1 + 2 * b * b * v1, 1 + 2 * b * b * v2
+
+    def nngp(cov, pu):
+      x = jnp.clip(2 * b * b * cov / jnp.sqrt(pu), -1.0, 1.0)
+      return 2 * a * a / jnp.pi * jnp.arcsin(x) + c * c
+
+    def dot(cov, pu):
+      return 4 * a * a * b * b / jnp.pi / jnp.sqrt(jnp.maximum(pu - 4 * b ** 4 * cov ** 2,
+                                                               1e-30))
+
+    pu12 = _outer(u1, u2, cross=True)
+    out_nngp = nngp(k.nngp, pu12)
+    ntk = None if k.ntk is None else k.ntk * dot(k.nngp, pu12)
+    return Kernel(nngp=out_nngp, ntk=ntk, cov1=nngp(k.cov1, _outer(u1, u1, cross=False)),
+                  cov2=nngp(k.cov2, _outer(u2, u2, cross=False)))
+
+  def init_fn(key, input_shape):
+    return tuple(input_shape), ()
+
+  def apply_fn(params, x):
+    return a * jax.scipy.special.erf(b * x) + c
+
+  return Layer(init_fn, apply_fn, kernel_fn)

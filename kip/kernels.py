@@ -1,0 +1,25 @@
+"""Infinite-width NNGP and NTK kernels in native JAX (a neural-tangents-compatible engine).
+
+Layers compose like ``neural_tangents.stax``::
+
+  layer = kip.kernels.serial(kip.kernels.Conv(128), kip.kernels.Relu(),
+                             kip.kernels.AvgPool(2), kip.kernels.Flatten(),
+                             kip.kernels.Dense(1))
+  kernel_fn = kip.kernels.kernel_function(layer)
+  ntk = kernel_fn(x1, x2, 'ntk')
+
+Presets: :func:`fc` and :func:`convnet`. Any neural-tangents ``kernel_fn`` is accepted wherever
+these are.
+"""
+
+from kip._src.kernels.engine import DEFAULT_MEMORY_BUDGET, KernelFn, block_shape, kernel_function
+from kip._src.kernels.layers import (ABRelu, Abs, AvgPool, Conv, Dense, Erf, Flatten,
+                                     GlobalAvgPool, Kernel, Layer, LeakyRelu, Relu, input_kernel,
+                                     serial)
+from kip._src.kernels.presets import KERNELS, convnet, fc, get_kernel
+
+__all__ = [
+    "ABRelu", "Abs", "AvgPool", "Conv", "DEFAULT_MEMORY_BUDGET", "Dense", "Erf", "Flatten",
+    "GlobalAvgPool", "KERNELS", "Kernel", "KernelFn", "Layer", "LeakyRelu", "Relu",
+    "block_shape", "convnet", "fc", "get_kernel", "input_kernel", "kernel_function", "serial",
+]
