@@ -179,7 +179,7 @@ def _blocked(kernel_fn, x1, x2, compute_ntk, block):
 
   @jax.checkpoint
   def one(xa, xb):
-    k = kernel_fn(L.input_kernel(xa, xb, compute_ntk))
+    k = L.materialize(kernel_fn(L.lazy_input(xa, xb, compute_ntk)))
     if k.nngp.ndim != 2:
       raise ValueError("the network's output is still spatial: end it with Flatten() or "
                        "GlobalAvgPool() (and a Dense readout).")

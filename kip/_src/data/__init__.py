@@ -1,0 +1,1 @@
+"""Implementation of :mod:`kip.data`: readers, preprocessing and the :class:`Dataset` container."""
