@@ -366,6 +366,7 @@ def distill(dataset, support_size: Optional[int] = 10, learn_labels: bool = True
   x_s, y_s = init_support(k_init, dataset, ipc)
   t0 = time.time()
   base_meta = {"kernel": kernel_spec, "config": config.to_dict(), "seed": seed,
+               "class_names": list(dataset.class_names),
                "preprocessing": getattr(dataset.preprocessing, "kind", None),
                "versions": library_versions(), "optimizer": "adam" if optimizer is None
                else "user"}

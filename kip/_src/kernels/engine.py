@@ -29,7 +29,7 @@ DEFAULT_MEMORY_BUDGET = 2 * 1024 ** 3
 # Live float arrays per pair per covariance entry during a block's forward + backward pass.
 # Measured with ``memory_analysis()`` on the CPU backend for ConvNet-3 NTK on 28x28 inputs
 # (see tests/test_kernels.py::test_block_memory_within_budget).
-_ARRAYS_PER_ENTRY = 24
+_ARRAYS_PER_ENTRY = 10
 
 Get = Union[str, Sequence[str]]
 _VALID_GET = ("nngp", "ntk")

@@ -167,7 +167,7 @@ def serial(*layers: Layer) -> Layer:
 # ----------------------------------------------------------------------------- affine layers
 def _affine(k: Kernel, linear: Callable[[jax.Array], jax.Array], W_std: float,
             b_std: Optional[float]) -> Kernel:
-  """NTK-parameterized affine layer given its action ``linear`` on covariances.
+  r"""NTK-parameterized affine layer given its action ``linear`` on covariances.
 
   .. math::
      K' = W_{std}^2 \\, A(K) + b_{std}^2, \\qquad \\Theta' = W_{std}^2 \\, A(\\Theta) + K'.
@@ -241,7 +241,7 @@ def _patches(x: jax.Array, fh: int, fw: int) -> jax.Array:
 
 
 def _conv_on_inputs(k: Kernel, fh: int, fw: int, W_std, b_std) -> Kernel:
-  """First convolution straight from the inputs, equal to ``Conv`` of :func:`input_kernel`.
+  r"""First convolution straight from the inputs, equal to ``Conv`` of :func:`input_kernel`.
 
   .. math::
      K'_{x x'}(i, i') = \frac{W_{std}^2}{|F| C} \langle P_i(x), P_{i'}(x') \rangle + b_{std}^2,
@@ -260,7 +260,7 @@ def _conv_on_inputs(k: Kernel, fh: int, fw: int, W_std, b_std) -> Kernel:
 
 def Conv(out_chan: int, filter_shape: Sequence[int] = (3, 3), W_std: float = 1.0,
          b_std: Optional[float] = 0.0) -> Layer:
-  """2-D convolution, stride 1, SAME padding, NTK parameterization.
+  r"""2-D convolution, stride 1, SAME padding, NTK parameterization.
 
   .. math::
      K'_{x x'}(i, i') = \\frac{W_{std}^2}{|F|} \\sum_{p \\in F} K_{x x'}(i + p, i' + p)
@@ -319,7 +319,7 @@ def _pool4(a: jax.Array, window: int, stride: int) -> jax.Array:
 
 
 def AvgPool(window: int = 2, stride: Optional[int] = None) -> Layer:
-  """Average pooling, square ``window``, VALID padding.
+  r"""Average pooling, square ``window``, VALID padding.
 
   .. math::
      K'_{x x'}(I, I') = \\frac{1}{|w|^2} \\sum_{i \\in I, i' \\in I'} K_{x x'}(i, i').
@@ -359,7 +359,7 @@ def _spatial_diag_mean(a: jax.Array) -> jax.Array:
 
 
 def Flatten() -> Layer:
-  """Flattens ``(N, H, W, C)`` to ``(N, H*W*C)``.
+  r"""Flattens ``(N, H, W, C)`` to ``(N, H*W*C)``.
 
   The following layer's fan-in is ``H W C``, so the kernel is the mean over pixels of the
   same-pixel covariance: :math:`K' = \\frac{1}{HW} \\sum_i K(i, i)`.
@@ -381,7 +381,7 @@ def Flatten() -> Layer:
 
 
 def GlobalAvgPool() -> Layer:
-  """Mean over pixels: :math:`K' = \\frac{1}{(HW)^2} \\sum_{i, i'} K(i, i')`."""
+  r"""Mean over pixels: :math:`K' = \\frac{1}{(HW)^2} \\sum_{i, i'} K(i, i')`."""
 
   def init_fn(key, input_shape):
     return (input_shape[0], input_shape[-1]), ()
@@ -446,7 +446,7 @@ def _arccos(c: jax.Array) -> jax.Array:
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
 def _abrelu_maps(c, a, b):
-  """The ABReLU maps of the cosine ``c`` in ``[-1, 1]``, sharing one ``arccos``.
+  r"""The ABReLU maps of the cosine ``c`` in ``[-1, 1]``, sharing one ``arccos``.
 
   Returns ``(J, D)`` with :math:`\theta = \arccos c`,
 
@@ -490,7 +490,7 @@ def _elementwise(k: Kernel, fn) -> Kernel:
 
 
 def ABRelu(a: float, b: float) -> Layer:
-  """``phi(x) = a min(x, 0) + b max(x, 0)`` (ReLU: ``a=0, b=1``; abs: ``a=-1, b=1``).
+  r"""``phi(x) = a min(x, 0) + b max(x, 0)`` (ReLU: ``a=0, b=1``; abs: ``a=-1, b=1``).
 
   With :math:`c = K_{12}/\sqrt{K_{11}K_{22}}` and :math:`\theta = \arccos c` (Cho & Saul 2009):
 
@@ -535,7 +535,7 @@ def Abs() -> Layer:
 
 
 def Erf(a: float = 1.0, b: float = 1.0, c: float = 0.0) -> Layer:
-  """``phi(x) = a erf(b x) + c`` (Williams 1997).
+  r"""``phi(x) = a erf(b x) + c`` (Williams 1997).
 
   .. math::
      K' = \\frac{2a^2}{\\pi}\\arcsin\\frac{2b^2K_{12}}{\\sqrt{(1+2b^2K_{11})(1+2b^2K_{22})}} + c^2,
