@@ -29,11 +29,11 @@ TARGETS = {1: 82.0, 10: 87.0, 50: 88.5}
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--ipc", type=int, nargs="+", default=[1, 10, 50])
-  p.add_argument("--steps", type=int, nargs="+", default=[3000, 2000, 1000],
+  p.add_argument("--steps", type=int, nargs="+", default=[2000, 2000, 1000],
                  help="KIP steps for each --ipc value (one value: the same for all)")
-  p.add_argument("--lr", type=float, default=0.01)
+  p.add_argument("--lr", type=float, default=0.04)
   p.add_argument("--target-batch-size", type=int, default=2000)
-  p.add_argument("--depth", type=int, default=1)
+  p.add_argument("--depth", type=int, default=3)
   p.add_argument("--get", default="ntk", choices=["ntk", "nngp"])
   p.add_argument("--preprocess", default="standardize", choices=["standardize", "zca", "none"])
   p.add_argument("--reg", type=float, default=1e-6)

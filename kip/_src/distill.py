@@ -313,7 +313,7 @@ def label_solve(dataset, support_images: jax.Array, kernel: Union[str, Callable]
 
 
 # ------------------------------------------------------------------------------ driver
-def distill(dataset, support_size: Optional[int] = 10, learn_labels: bool = True, *,
+def distill(dataset, support_size: Optional[int] = None, learn_labels: bool = True, *,
             images_per_class: Optional[int] = None, kernel: Union[str, Mapping, Callable] = "fc",
             get: str = "ntk", steps: int = 1000, optimizer: Optional[
                 optax.GradientTransformation] = None, learning_rate: float = 0.01,
@@ -327,7 +327,8 @@ def distill(dataset, support_size: Optional[int] = 10, learn_labels: bool = True
 
   Args:
     dataset: a ``kip.data.Dataset``.
-    support_size: total support images, class balanced (must divide by the class count).
+    support_size: total support images, class balanced (must divide by the class count);
+      default 10 unless ``images_per_class`` is given.
     learn_labels: learn the labels too (KIP with label learning).
     images_per_class: alternative to ``support_size``.
     kernel: ``'fc'``, ``'convnet'``, a spec dict, or any ``kernel_fn(x1, x2, get)`` (e.g. from
@@ -355,6 +356,8 @@ def distill(dataset, support_size: Optional[int] = 10, learn_labels: bool = True
   Returns:
     The :class:`~kip.DistilledSet`.
   """
+  if support_size is None and images_per_class is None:
+    support_size = 10
   ipc = resolve_images_per_class(dataset.num_classes, support_size, images_per_class)
   config = KIPConfig(images_per_class=ipc, learn_labels=learn_labels, learn_images=learn_images,
                      get=get, reg=reg, target_batch_size=target_batch_size, steps=steps,
