@@ -1,4 +1,4 @@
-"""Baselines: real-image coresets, original Dataset Distillation (DD) and DD data poisoning.
+"""Baselines: real-image coresets, DC, DSA, DM, original Dataset Distillation and poisoning.
 
 Every method returns a ``kip._src.distilled.DistilledSet`` in the data set's preprocessed
 space. One module per method: ``random_real``, ``herding``, ``kcenter``, ``kmeans``,
@@ -6,7 +6,14 @@ space. One module per method: ``random_real``, ``herding``, ``kcenter``, ``kmean
 ``dd.init`` / ``dd.step``) and ``poisoning`` (``poisoning.init`` / ``poisoning.step``).
 """
 
+from kip.baselines import augment
 from kip.baselines.class_mean import class_mean
+from kip.baselines.dc import DCConfig
+from kip.baselines.dc import distill_dc
+from kip.baselines.dm import DMConfig
+from kip.baselines.dm import distill_dm
+from kip.baselines.dsa import DSAConfig
+from kip.baselines.dsa import distill_dsa
 from kip.baselines.dd import DDConfig
 from kip.baselines.dd import DDEvaluation
 from kip.baselines.dd import DDState
@@ -23,6 +30,13 @@ from kip.baselines.poisoning import poison_report
 from kip.baselines.random_real import random_real
 
 __all__ = [
+    "DCConfig",
+    "DMConfig",
+    "DSAConfig",
+    "augment",
+    "distill_dc",
+    "distill_dm",
+    "distill_dsa",
     "DDConfig",
     "DDEvaluation",
     "DDState",

@@ -1,0 +1,226 @@
+"""Tests for the DC / DSA / DM baselines (kip.baselines.dc, .dsa, .dm) on 8x8 digits.
+
+Tiny networks (ConvNet width 8, depth 2) and a handful of iterations; each config object is
+shared by the tests that use it so every jitted step compiles once.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from kip import data
+from kip._src.transfer.models import get_model
+from kip.baselines import augment as aug
+from kip.baselines import dc, dm, dsa
+
+SMALL = {"width": 8, "depth": 2}
+IPC = 2
+# Compile time dominates these tests. DC runs one outer loop (no inner network training); DSA
+# runs two, which covers the augmented inner-loop training the two share.
+DC_CFG = dc.DCConfig(iterations=2, model_kwargs=SMALL, batch_real=32, outer_loop=1,
+                     inner_loop=1)
+# DSA and DM use two augmentation groups (every group is tested in test_augment.py) and DSA no
+# normalisation: both make the compiled graphs smaller.
+DSA_CFG = dsa.DSAConfig(iterations=2, model_kwargs={**SMALL, "norm": "none"}, batch_real=32,
+                        outer_loop=2, inner_loop=1, strategy="crop_rotate")
+DM_CFG = dm.DMConfig(iterations=2, model_kwargs=SMALL, batch_real=32,
+                     strategy="flip_scale")
+METHODS = {"dc": (dc, DC_CFG, dc.distill_dc), "dsa": (dsa, DSA_CFG, dsa.distill_dsa),
+           "dm": (dm, DM_CFG, dm.distill_dm)}
+
+
+@pytest.fixture(scope="module")
+def digits():
+  return data.load("digits")
+
+
+@pytest.fixture(scope="module")
+def pool(digits):
+  return dc.class_pool(digits)
+
+
+# --------------------------------------------------------------------------- the DC distance
+
+_dist = jax.jit(dc.distance_wb)
+
+
+def test_distance_wb_zero_symmetric_positive():
+  rng = np.random.default_rng(0)
+  a = jnp.asarray(rng.normal(size=(3, 3, 4, 5)), jnp.float32)  # conv kernel (kh, kw, in, out)
+  b = jnp.asarray(rng.normal(size=(3, 3, 4, 5)), jnp.float32)
+  assert abs(float(_dist(a, a))) < 1e-4
+  d_ab, d_ba = float(_dist(a, b)), float(_dist(b, a))
+  assert d_ab > 0 and d_ab == pytest.approx(d_ba, rel=1e-6)
+  # Opposite gradients: 1 - (-1) = 2 per output node; scale invariant per node.
+  assert float(_dist(a, -a)) == pytest.approx(2 * 5, rel=1e-4)
+  assert float(_dist(a, a * jnp.arange(1.0, 6.0))) == pytest.approx(0, abs=1e-4)
+  # Biases / norm parameters (1-D) are ignored, as in the reference.
+  assert float(dc.distance_wb(a[0, 0, 0], b[0, 0, 0])) == 0.0
+
+
+def test_distance_wb_rows_are_output_nodes():
+  # Dense kernel (in, out): node j is column j. Matching column directions -> zero distance.
+  a = jnp.asarray(np.random.default_rng(1).normal(size=(6, 4)), jnp.float32)
+  per_column_scale = a * jnp.array([1.0, 2.0, 3.0, 0.5])
+  assert float(_dist(a, per_column_scale)) == pytest.approx(0, abs=1e-4)
+  per_row_scale = a * jnp.arange(1.0, 7.0)[:, None]
+  assert float(_dist(a, per_row_scale)) > 1e-3
+
+
+def test_match_loss_over_pytrees_and_zero_gradient_is_finite():
+  g = {"conv": {"kernel": jnp.ones((3, 3, 1, 2)), "bias": jnp.ones(2)},
+       "dense": {"kernel": jnp.eye(3)}}
+  loss = jax.jit(dc.match_loss)
+  assert float(loss(g, g)) == pytest.approx(0, abs=1e-4)
+  zero = jax.tree_util.tree_map(jnp.zeros_like, g)
+  assert float(loss(zero, g)) == pytest.approx(2 + 3)  # cos = 0 for each node
+  grad = jax.jit(jax.grad(dc.match_loss))(zero, g)  # torch-like zero-norm gradient
+  assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree_util.tree_leaves(grad))
+
+
+# --------------------------------------------------------------------------- plumbing
+
+def test_paper_loops_and_config_validation():
+  assert dc.get_loops(1) == (1, 1) and dc.get_loops(10) == (10, 50)
+  assert dc.get_loops(50) == (50, 10)
+  assert dc.DCConfig().loops(10) == (10, 50)
+  assert dc.DCConfig(outer_loop=3, inner_loop=2).loops(7) == (3, 2)
+  with pytest.raises(ValueError, match="outer_loop"):
+    dc.DCConfig().loops(7)
+  with pytest.raises(ValueError, match="init"):
+    dc.DCConfig(init="zeros")
+  with pytest.raises(ValueError, match="unknown DSA"):
+    dsa.DSAConfig(strategy="crop_blur")
+  assert dsa.DSAConfig().strategy == aug.DEFAULT_STRATEGY and dc.DCConfig().strategy == "none"
+  assert isinstance(dsa.DSAConfig(), dc.DCConfig)
+  hash(DC_CFG), hash(DM_CFG)  # static jit arguments must be hashable
+  assert dict(DC_CFG.model_kwargs) == SMALL
+
+
+def test_sample_class_batches(digits, pool):
+  counts = np.bincount(digits.y_train)
+  assert pool.images.shape == (10, counts.max(), 8, 8, 1)
+  x, m = dc.sample_class_batches(jax.random.PRNGKey(0), pool, 32)
+  assert x.shape == (10, 32, 8, 8, 1) and m.shape == (10, 32) and float(m.min()) == 1.0
+  x = np.asarray(x)
+  for c in (0, 7):  # drawn from the right class, without replacement
+    members = digits.x_train[digits.y_train == c].reshape(counts[c], -1)
+    rows = x[c].reshape(32, -1)
+    hits = [np.flatnonzero((members == r).all(axis=1)) for r in rows]
+    assert all(len(h) >= 1 for h in hits)
+    assert len({int(h[0]) for h in hits}) == 32
+  # Larger than the biggest class: every image once, padding masked out.
+  x, m = dc.sample_class_batches(jax.random.PRNGKey(1), pool, 1000)
+  np.testing.assert_array_equal(np.asarray(m).sum(axis=1), counts)
+
+
+def test_init_images_real_and_noise(digits, pool):
+  x = dc.init_images(jax.random.PRNGKey(0), pool, 3, "real")
+  assert x.shape == (30, 8, 8, 1)
+  members = digits.x_train[digits.y_train == 4].reshape(-1, 64)
+  for r in np.asarray(x[12:15]).reshape(3, -1):  # class-major: rows 12..14 are class 4
+    assert (members == r).all(axis=1).any()
+  z = dc.init_images(jax.random.PRNGKey(0), pool, 3, "noise")
+  assert z.shape == (30, 8, 8, 1) and abs(float(z.std()) - 1) < 0.2
+  with pytest.raises(ValueError, match="smallest class"):
+    dc.init_images(jax.random.PRNGKey(0), pool, 500, "real")
+
+
+def test_embed_is_readout_input():
+  model = get_model("convnet", 10, **SMALL)
+
+  @jax.jit
+  def run(key, x):
+    params = model.init(dc.step_key(key), x)["params"]
+    e = dm.embed(model, params, x)
+    return e, e @ params["readout"]["kernel"] + params["readout"]["bias"], \
+        model.apply({"params": params}, x)
+
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(5, 8, 8, 1)), jnp.float32)
+  e, manual, logits = run(jax.random.PRNGKey(1), x)
+  assert e.shape == (5, 8 * 2 * 2)  # width x (8 / 2**depth)**2
+  np.testing.assert_allclose(manual, logits, rtol=1e-5, atol=1e-5)
+
+
+def test_mean_embedding_loss_respects_mask():
+  er = jnp.array([[1.0, 0.0], [3.0, 2.0], [100.0, 100.0]])
+  es = jnp.array([[2.0, 1.0], [2.0, 1.0]])
+  mu = dm.masked_mean(er, jnp.array([1.0, 1.0, 0.0]))
+  np.testing.assert_allclose(mu, [2.0, 1.0])
+  assert float(dm.mean_embedding_loss(mu, es)) == 0.0
+  assert float(dm.mean_embedding_loss(dm.masked_mean(er, jnp.ones(3)), es)) > 0
+
+
+# --------------------------------------------------------------------------- steps
+
+@pytest.mark.parametrize("method", ["dc", "dsa", "dm"])
+def test_jitted_steps_reduce_matching_loss(method, digits, pool):
+  # With the step key held fixed the network, real batches and augmentations are fixed, so the
+  # steps are plain descent on one matching objective and its value must go down.
+  mod, cfg, _ = METHODS[method]
+  state = mod.init(jax.random.PRNGKey(0), digits, IPC, cfg)
+  x0 = state.images
+  losses = []
+  for _ in range(4):
+    state, metrics = mod.step(state, pool, jax.random.PRNGKey(7), cfg)
+    losses.append(float(metrics["loss"]))
+  assert all(np.isfinite(losses))
+  assert losses[-1] < losses[0], losses
+  assert int(state.iteration) == 4 and state.images.shape == x0.shape
+  assert float(jnp.abs(state.images - x0).max()) > 0
+
+
+@pytest.mark.parametrize("method", ["dc", "dsa", "dm"])
+def test_distill_returns_balanced_one_hot_set_deterministically(method, digits, tmp_path):
+  _, cfg, distill = METHODS[method]
+  out = distill(digits, IPC, cfg, key=3, progress=False)
+  assert out.method == method and out.dataset == "digits"
+  assert out.images.shape == (10 * IPC, 8, 8, 1) and out.images.dtype == np.float32
+  assert out.labels.shape == (10 * IPC, 10)
+  np.testing.assert_array_equal(out.labels.sum(axis=1), 1.0)
+  np.testing.assert_array_equal(np.bincount(out.hard_labels, minlength=10), IPC)
+  np.testing.assert_array_equal(out.hard_labels, np.repeat(np.arange(10), IPC))
+  assert out.preprocessing is digits.preprocessing
+  meta = out.metadata
+  assert meta["seed"] == 3 and len(meta["loss_history"]) == cfg.iterations
+  assert meta["config"]["model_kwargs"] == dict(cfg.model_kwargs)
+  out.save(tmp_path / "set.npz")  # metadata is JSON-serialisable
+  loaded = type(out).load(tmp_path / "set.npz")
+  np.testing.assert_array_equal(loaded.images, out.images)
+  assert loaded.metadata["config"]["strategy"] == cfg.strategy
+  again = distill(digits, IPC, cfg, key=3, progress=False)
+  np.testing.assert_array_equal(out.images, again.images)
+  other = distill(digits, IPC, cfg, key=4, progress=False)
+  assert not np.array_equal(out.images, other.images)
+
+
+def test_distill_rejects_mismatched_methods(digits):
+  with pytest.raises(ValueError, match="distill_dsa"):
+    dc.distill_dc(digits, IPC, DSA_CFG, key=0, progress=False)
+  with pytest.raises(ValueError, match="strategy"):
+    dsa.distill_dsa(digits, IPC, dataclasses.replace(DSA_CFG, strategy="none"), key=0,
+                    progress=False)
+  with pytest.raises(ValueError, match="images_per_class"):
+    dm.distill_dm(digits, 0, DM_CFG, key=0, progress=False)
+  with pytest.raises(ValueError, match="stateless"):
+    dm.init(jax.random.PRNGKey(0), digits, 1,
+            dataclasses.replace(DM_CFG, model_kwargs={**SMALL, "norm": "batch"}))
+
+
+def test_image_optimizers():
+  custom = optax.adam(1e-3)
+  assert dataclasses.replace(DM_CFG, image_optimizer=custom).get_image_optimizer() is custom
+  assert dataclasses.replace(DC_CFG, net_optimizer=custom).get_net_optimizer() is custom
+  # Default: PyTorch SGD with momentum 0.5 (v <- 0.5 v + g; x <- x - lr v).
+  opt = dc.DCConfig().get_image_optimizer()
+  x, g = jnp.zeros(2), jnp.ones(2)
+  state = opt.init(x)
+  u1, state = opt.update(g, state, x)
+  u2, state = opt.update(g, state, x)
+  np.testing.assert_allclose(u1, -0.1 * g, rtol=1e-6)
+  np.testing.assert_allclose(u2, -0.1 * 1.5 * g, rtol=1e-6)
+  assert dm.DMConfig().lr_img == 1.0 and dm.DMConfig().iterations == 20000
