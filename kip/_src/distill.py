@@ -322,7 +322,8 @@ def distill(dataset, support_size: Optional[int] = None, learn_labels: bool = Tr
             checkpoint_dir: Optional[Union[str, os.PathLike]] = None,
             checkpoint_every: int = 100, resume: bool = False, eval_every: int = 0,
             eval_size: int = 1000, progress: bool = True,
-            callback: Optional[Callable[[int, dict], None]] = None) -> DistilledSet:
+            callback: Optional[Callable[[int, dict], None]] = None,
+            time_budget: Optional[float] = None) -> DistilledSet:
   """Distils ``dataset`` into a small support set with KIP (or LS).
 
   Args:
@@ -352,6 +353,8 @@ def distill(dataset, support_size: Optional[int] = None, learn_labels: bool = Tr
     eval_size: test images used for those evaluations (class balanced).
     progress: show a tqdm bar.
     callback: ``callback(step, metrics)`` after every step.
+    time_budget: stop after this many seconds of optimisation (the set so far is returned and
+      ``metadata['stopped_early']`` is set); ``None``: run all ``steps``.
 
   Returns:
     The :class:`~kip.DistilledSet`.
@@ -391,7 +394,9 @@ def distill(dataset, support_size: Optional[int] = None, learn_labels: bool = Tr
                                                           _CHECKPOINT_NAME)
   if resume and path is not None and ckpt.exists(path):
     state, meta = ckpt.restore(path, state)
-    if meta.get("config") != config.to_dict() or meta.get("kernel") != _jsonable(kernel_spec) \
+    same_config = {k: v for k, v in meta.get("config", {}).items() if k != "steps"} == {
+        k: v for k, v in config.to_dict().items() if k != "steps"}  # more steps: a resume
+    if not same_config or meta.get("kernel") != _jsonable(kernel_spec) \
         or meta.get("dataset") != dataset.name or meta.get("seed") != seed:
       raise ValueError(f"checkpoint {path!r} was written by a different run (config, kernel, "
                        "data set or seed differ); use another checkpoint_dir or resume=False.")
@@ -412,6 +417,8 @@ def distill(dataset, support_size: Optional[int] = None, learn_labels: bool = Tr
                             "step": int(state.step)})
 
   start = int(state.step)
+  stopped_early = False
+  loop_start = time.time()
   bar = tqdm.tqdm(total=steps, initial=start, desc=f"KIP {ipc} img/class", disable=not progress,
                   dynamic_ncols=True)
   try:
@@ -434,6 +441,11 @@ def distill(dataset, support_size: Optional[int] = None, learn_labels: bool = Tr
         callback(i + 1, {k: float(v) for k, v in metrics.items()})
       if (i + 1) % checkpoint_every == 0:
         save(state)
+      if time_budget is not None and time.time() - loop_start > time_budget and i + 1 < steps:
+        stopped_early = True
+        logger.info("time budget of %.0f s spent after step %d of %d", time_budget, i + 1,
+                    steps)
+        break
   except KeyboardInterrupt:
     save(state)
     logger.warning("interrupted at step %d; checkpoint saved to %s", int(state.step), path)
@@ -445,7 +457,9 @@ def distill(dataset, support_size: Optional[int] = None, learn_labels: bool = Tr
   return DistilledSet(images=np.asarray(support["images"]), labels=np.asarray(support["labels"]),
                       dataset=dataset.name, method="kip", preprocessing=dataset.preprocessing,
                       metadata={**base_meta, "steps": int(state.step), "history": history,
-                                "seconds": time.time() - t0})
+                                "seconds": time.time() - t0,
+                                "loop_seconds": time.time() - loop_start,
+                                "stopped_early": stopped_early})
 
 
 def _jsonable(x):

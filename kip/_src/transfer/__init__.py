@@ -1,0 +1,1 @@
+"""Finite-network transfer: models, training recipes, training and evaluation."""

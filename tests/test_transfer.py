@@ -1,0 +1,304 @@
+"""Tests for kip.transfer: finite networks, recipes, training and the transfer protocol."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kip import transfer
+from kip._src.distilled import DistilledSet
+from kip._src.transfer.train import _bytes_per_restart
+from kip._src.transfer.train import _group_size
+from kip._src.transfer.train import _random_subset
+
+SHAPES = [(8, 8, 1), (28, 28, 1), (32, 32, 3)]
+TINY = {  # smallest settings of every preset, to keep the tests fast
+    "convnet": dict(width=8),
+    "kip_convnet": dict(width=8),
+    "fc": dict(width=16),
+    "lenet": {},
+    "alexnet": {},
+    "resnet": dict(width=4),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class FakeDataset:
+  """Stand-in with the attributes of ``kip.data.Dataset`` that the protocol reads."""
+  name: str
+  x_train: np.ndarray
+  y_train: np.ndarray
+  x_test: np.ndarray
+  y_test: np.ndarray
+  num_classes: int
+  class_names: tuple[str, ...] = ()
+  preprocessing: object = None
+
+  def one_hot(self, y):
+    return np.eye(self.num_classes, dtype=np.float32)[np.asarray(y)]
+
+
+def _separable(n_train=60, n_test=60, k=3, seed=0, name="fake"):
+  """Class c lights up its own horizontal band of an 8x8 image, plus noise."""
+  rng = np.random.default_rng(seed)
+
+  def make(n):
+    y = np.arange(n) % k
+    x = 0.3 * rng.normal(size=(n, 8, 8, 1))
+    for c in range(k):
+      x[y == c, 2 * c:2 * c + 2, :, 0] += 1.5
+    return x.astype(np.float32), y.astype(np.int32)
+
+  x_train, y_train = make(n_train)
+  x_test, y_test = make(n_test)
+  return FakeDataset(name, x_train, y_train, x_test, y_test, k, tuple(map(str, range(k))))
+
+
+DATA = _separable()
+FAST_DC = dict(epochs=20, learning_rate=0.05)
+SMALL = dict(model="convnet", model_kwargs=dict(width=4, depth=1), recipe="dc",
+             recipe_overrides=FAST_DC, progress=False)
+
+
+# ---------------------------------------------------------------------------- models
+def _numpy_variables(model, x):
+  """Variables of the right structure filled from NumPy: builds the model without compiling
+  its (slow to compile on CPU) random initialisers; those are exercised by the training tests."""
+  abstract = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
+  rng = np.random.default_rng(0)
+  return jax.tree.map(lambda a: (0.1 * rng.normal(size=a.shape)).astype(a.dtype), abstract)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("name", transfer.MODEL_NAMES)
+def test_models_build_and_run_jitted(name, shape):
+  model = transfer.get_model(name, 7, **TINY[name])
+  x = jax.random.normal(jax.random.PRNGKey(0), (3,) + shape)
+  logits = jax.jit(lambda v, x: model.apply(v, x))(_numpy_variables(model, x), x)
+  assert logits.shape == (3, 7)
+  assert bool(jnp.all(jnp.isfinite(logits)))
+
+
+def test_presets():
+  conv = transfer.get_model("convnet", 10)
+  assert (conv.width, conv.depth, conv.norm, conv.pooling) == (128, 3, "instance", "avg")
+  kip = transfer.get_model("kip_convnet", 10)
+  assert (kip.width, kip.depth, kip.norm, kip.param_init) == (1024, 3, "none", "gaussian")
+  assert kip.w_std == pytest.approx(np.sqrt(2)) and kip.b_std == 0.1
+
+
+def test_kip_convnet_gaussian_init_scale():
+  model = transfer.get_model("kip_convnet", 10, width=64, depth=1)
+  params = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))["params"]
+  conv, readout = params["conv0"], params["readout"]  # fan_in 3 * 3 * 3 and 4 * 4 * 64
+  assert float(jnp.std(conv["kernel"])) == pytest.approx(np.sqrt(2 / 27), rel=0.1)
+  assert float(jnp.std(readout["kernel"])) == pytest.approx(np.sqrt(2 / 1024), rel=0.1)
+  assert float(jnp.std(conv["bias"])) == pytest.approx(0.1, rel=0.3)
+
+
+def test_odd_sizes_and_depth_limit():
+  model = transfer.get_model("convnet", 4, width=4, depth=2)  # 7 -> 3 -> 1
+  x = jnp.ones((2, 7, 7, 1))
+  assert jax.eval_shape(model.init_with_output, jax.random.PRNGKey(0), x)[0].shape == (2, 4)
+  deep = transfer.get_model("convnet", 4, width=4, depth=4)  # 8 -> 4 -> 2 -> 1 -> ?
+  with pytest.raises(ValueError, match="too deep"):
+    jax.eval_shape(deep.init, jax.random.PRNGKey(0), jnp.ones((1, 8, 8, 1)))
+
+
+def test_model_errors():
+  with pytest.raises(ValueError, match="known models.*convnet"):
+    transfer.get_model("vgg", 10)
+  with pytest.raises(ValueError, match="no attributes"):
+    transfer.get_model("lenet", 10, width=3)
+  with pytest.raises(ValueError, match="norm"):
+    transfer.get_model("convnet", 10, norm="layer")
+
+
+def test_batch_norm_trains_with_mutable_stats():
+  model = transfer.get_model("convnet", 3, width=4, depth=1, norm="batch")
+  recipe = transfer.get_recipe("dc", **FAST_DC)
+  variables = transfer.train(model, DATA.x_train, DATA.y_train, recipe, jax.random.PRNGKey(0))
+  assert set(variables) == {"params", "batch_stats"}
+  assert transfer.accuracy(model, variables, DATA.x_test, DATA.y_test) > 0.8
+
+
+# ---------------------------------------------------------------------------- recipes
+def test_recipes():
+  kip = transfer.get_recipe("kip")
+  assert (kip.loss, kip.batch_size, kip.steps, kip.schedule, kip.weight_decay) == (
+      "mse", 100, 5000, "cosine", 1e-3)
+  dc = transfer.get_recipe("dc")
+  assert (dc.loss, dc.batch_size, dc.epochs, dc.schedule, dc.weight_decay) == (
+      "xent", 256, 300, "step_half", 5e-4)
+  assert transfer.get_recipe("dc", augment=True).epochs == 1000
+  assert transfer.get_recipe("kip", epochs=3).num_steps(250) == 9  # batch 100: 3 per epoch
+  assert dc.num_steps(10) == 300  # a set smaller than the batch is one batch per step
+  with pytest.raises(ValueError, match="known recipes"):
+    transfer.get_recipe("mtt")
+  with pytest.raises(ValueError, match="no fields"):
+    transfer.get_recipe("dc", lr=0.1)
+  with pytest.raises(ValueError, match="loss"):
+    transfer.get_recipe("dc", loss="hinge")
+
+
+def test_step_half_schedule_and_weight_decay():
+  recipe = transfer.get_recipe("dc", steps=10, momentum=0.0, weight_decay=0.5, learning_rate=0.1)
+  tx = transfer.make_optimizer(recipe, 10)
+  params = jnp.ones(())
+  state = tx.init(params)
+  steps = []
+  for _ in range(10):
+    update, state = tx.update(jnp.ones(()), state, params)
+    steps.append(-float(update))
+  # gradient 1 + coupled decay 0.5 * 1 = 1.5, times lr 0.1 then 0.01 from step 5 on
+  np.testing.assert_allclose(steps, [0.15] * 5 + [0.015] * 5, rtol=1e-6)
+
+
+def test_xent_targets_rule():
+  probs = np.array([[0.2, 0.8], [1.0, 0.0]], np.float32)
+  np.testing.assert_array_equal(transfer.training_targets(probs, "xent"), probs)
+  learned = np.array([[1.5, -0.2], [0.1, 0.3]], np.float32)
+  t = transfer.training_targets(learned, "xent")
+  np.testing.assert_allclose(t, np.exp(learned) / np.exp(learned).sum(1, keepdims=True),
+                             rtol=1e-6)
+  np.testing.assert_array_equal(transfer.training_targets(learned, "mse"), learned)
+
+
+# ---------------------------------------------------------------------------- train
+def _mse(model, variables, x, y):
+  return float(jnp.mean((model.apply(variables, x) - y) ** 2))
+
+
+FIT_MODEL = transfer.get_model("fc", 5, width=128, depth=1)
+FIT_RECIPE = transfer.get_recipe("kip", steps=300, learning_rate=0.5, weight_decay=0.0)
+
+
+def test_train_fits_given_real_valued_labels():
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(20, 8, 8, 1)).astype(np.float32)
+  y = rng.normal(size=(20, 5)).astype(np.float32)  # arbitrary learned labels, not one-hot
+  trained = transfer.train(FIT_MODEL, x, y, FIT_RECIPE, jax.random.PRNGKey(0))
+  untrained = jax.jit(FIT_MODEL.init)(jax.random.PRNGKey(0), x)
+  before, after = _mse(FIT_MODEL, untrained, x, y), _mse(FIT_MODEL, trained, x, y)
+  assert after < 0.05 * before
+  assert after < 0.05 * float(np.mean(y ** 2))  # predictions approach the given targets
+  with pytest.raises(ValueError, match="diverged"):
+    transfer.train(FIT_MODEL, 1e4 * x, 1e4 * y, FIT_RECIPE, jax.random.PRNGKey(0))
+
+
+def test_train_uses_minibatches_and_augmentation():
+  calls = []
+
+  def augment(key, x):
+    calls.append(x.shape)  # trace-time record of the batch shape
+    return x + 0.01 * jax.random.normal(key, x.shape)
+
+  model = transfer.get_model("fc", 3, width=32, depth=1)
+  recipe = transfer.get_recipe("dc", batch_size=16, epochs=20, learning_rate=0.05, augment=True)
+  variables = transfer.train(model, DATA.x_train, DATA.one_hot(DATA.y_train), recipe,
+                             jax.random.PRNGKey(0), augment_fn=augment)
+  assert calls and calls[0] == (16, 8, 8, 1)
+  assert transfer.accuracy(model, variables, DATA.x_test, DATA.y_test, batch_size=7) > 0.9
+
+
+def test_train_errors():
+  model = transfer.get_model("fc", 3, width=8, depth=1)
+  key = jax.random.PRNGKey(0)
+  x, y = DATA.x_train[:10], DATA.one_hot(DATA.y_train[:10])
+  with pytest.raises(ValueError, match="augment_fn"):
+    transfer.train(model, x, y, transfer.get_recipe("dsa"), key)
+  with pytest.raises(ValueError, match="must match"):
+    transfer.train(model, x, y[:9], "kip", key)
+  with pytest.raises(ValueError, match="NaN"):
+    transfer.train(model, np.full_like(x, np.nan), y, "kip", key)
+
+
+# ---------------------------------------------------------------------------- evaluate
+def _support(ipc=2, seed=1):
+  idx = np.concatenate([np.flatnonzero(DATA.y_train == c)[:ipc] for c in range(3)])
+  return DATA.x_train[idx], DATA.one_hot(DATA.y_train[idx])
+
+
+def test_evaluate_separable_reproducible_and_restarts_differ():
+  result = transfer.evaluate(_support(), DATA, restarts=3, seed=0, **SMALL)
+  assert len(result.accuracies) == 3 and result.num_images == 6
+  assert result.mean > 0.8  # chance is 1/3
+  again = transfer.evaluate(_support(), DATA, restarts=3, seed=0, **SMALL)
+  assert again.accuracies == result.accuracies
+  assert result.recipe["name"] == "dc" and result.model == "convnet"
+  assert "± " in str(result) and "(3 restarts)" in str(result)
+  assert result.to_dict()["accuracies"] == list(result.accuracies)
+
+  # restart keys differ: the trained networks differ
+  model = transfer.get_model("convnet", 3, **SMALL["model_kwargs"])
+  recipe = transfer.get_recipe("dc", **FAST_DC)
+  keys = jax.random.split(jax.random.PRNGKey(0), 2)
+  p0, p1 = (transfer.train(model, *_support(), recipe, k)["params"] for k in keys)
+  assert not np.allclose(p0["readout"]["kernel"], p1["readout"]["kernel"])
+
+
+def test_vmapped_and_looped_restarts_agree():
+  # 3 restarts in groups of 2 and 1 against one by one: the same keys give the same networks.
+  looped = transfer.evaluate(_support(), DATA, restarts=3, seed=4, vmap_restarts=False, **SMALL)
+  grouped = transfer.evaluate(_support(), DATA, restarts=3, seed=4, vmap_restarts=2, **SMALL)
+  np.testing.assert_allclose(grouped.accuracies, looped.accuracies, atol=1.5 / 60)
+
+
+def test_restart_grouping():
+  model = transfer.get_model("convnet", 3, width=4, depth=1)
+  per = _bytes_per_restart(model, (8, 8, 1), 10, data_bytes=123)
+  assert per > 3 * 10 * 8 * 8 * 4 * 4 + 123  # at least the conv activations and the data
+  assert _group_size(3, 10, model, (8, 8, 1), 10, 0) == 3  # balanced groups: 3, 3, 3, 1
+  assert _group_size(4, 10, model, (8, 8, 1), 10, 0) == 4  # 4, 4, 2
+  assert _group_size(True, 10, model, (8, 8, 1), 10, 0) == 10
+  assert _group_size(False, 10, model, (8, 8, 1), 10, 0) == 1
+
+
+def test_evaluate_soft_labels_and_distilled_set():
+  x, y = _support()
+  learned = 2.0 * y - 0.5  # not probability vectors: xent uses softmax(labels)
+  ds = DistilledSet(images=x, labels=learned, dataset="fake", method="kip")
+  result = transfer.evaluate(ds, DATA, restarts=1, **SMALL)
+  assert result.mean > 0.8
+  int_labels = np.argmax(y, 1).astype(np.int32)  # (n,) integer labels are one-hot encoded
+  mse = transfer.evaluate((x, int_labels), DATA, restarts=1, model="fc",
+                          model_kwargs=dict(width=32, depth=1), recipe="kip", recipe_overrides=dict(steps=100, learning_rate=0.5),
+                          progress=False)
+  assert mse.mean > 0.8
+
+
+def test_evaluate_random_and_full():
+  fc = dict(model="fc", model_kwargs=dict(width=32, depth=1), recipe="dc", progress=False)
+  rand = transfer.evaluate_random(DATA, 2, restarts=2, recipe_overrides=FAST_DC, **fc)
+  assert rand.num_images == 6 and len(rand.accuracies) == 2 and rand.mean > 0.6
+  keys = jax.random.split(jax.random.PRNGKey(0), 2)  # a new class-balanced subset per restart
+  a, b = (_random_subset(k, DATA.y_train, 2, 3) for k in keys)
+  assert not np.array_equal(a, b)
+  np.testing.assert_array_equal(DATA.y_train[a], [0, 0, 1, 1, 2, 2])
+  full = transfer.evaluate_full(DATA, recipe_overrides=dict(epochs=5, batch_size=16), **fc)
+  assert full.num_images == 60 and full.mean > 0.9
+  with pytest.raises(ValueError, match="fewer than"):
+    transfer.evaluate_random(DATA, 50, restarts=1, **SMALL)
+
+
+def test_evaluate_errors():
+  x, y = _support()
+  with pytest.raises(ValueError, match="restarts"):
+    transfer.evaluate((x, y), DATA, restarts=0, **SMALL)
+  with pytest.raises(ValueError, match="must match"):
+    transfer.evaluate((x, y[:-1]), DATA, restarts=1, **SMALL)
+  other = DistilledSet(images=x, labels=y, dataset="mnist", method="kip")
+  with pytest.raises(ValueError, match="made from 'mnist'"):
+    transfer.evaluate(other, DATA, restarts=1, **SMALL)
+  with pytest.raises(ValueError, match="NaN"):
+    transfer.evaluate((np.full_like(x, np.nan), y), DATA, restarts=1, **SMALL)
+  with pytest.raises(ValueError, match="num_classes"):
+    transfer.evaluate((x, y), DATA, restarts=1, num_classes=4, **SMALL)
+  with pytest.raises(ValueError, match="shape"):
+    transfer.evaluate((x[:, :4], y), DATA, restarts=1, **SMALL)
+  with pytest.raises(ValueError, match="vmap_restarts"):
+    transfer.evaluate((x, y), DATA, restarts=1, vmap_restarts="yes", **SMALL)
