@@ -418,6 +418,7 @@ def distill(dataset, support_size: Optional[int] = None, learn_labels: bool = Tr
 
   start = int(state.step)
   stopped_early = False
+  first_step_seconds = 0.0
   loop_start = time.time()
   bar = tqdm.tqdm(total=steps, initial=start, desc=f"KIP {ipc} img/class", disable=not progress,
                   dynamic_ncols=True)
@@ -429,6 +430,8 @@ def distill(dataset, support_size: Optional[int] = None, learn_labels: bool = Tr
         raise FloatingPointError(f"KIP loss became {loss} at step {i}; lower the learning rate "
                                  f"(now {learning_rate}) or raise reg (now {reg}).")
       history["loss"].append(loss)
+      if i == start:  # the first step of a process includes compilation
+        first_step_seconds = time.time() - loop_start
       post = {"loss": f"{loss:.4f}"}
       if eval_every and ((i + 1) % eval_every == 0 or i + 1 == steps):
         acc = _krr_accuracy(kernel_fn, {**state.fixed, **state.params}, eval_data, config)
@@ -459,6 +462,8 @@ def distill(dataset, support_size: Optional[int] = None, learn_labels: bool = Tr
                       metadata={**base_meta, "steps": int(state.step), "history": history,
                                 "seconds": time.time() - t0,
                                 "loop_seconds": time.time() - loop_start,
+                                "first_step_seconds": first_step_seconds,
+                                "steps_this_run": int(state.step) - start,
                                 "stopped_early": stopped_early})
 
 
