@@ -43,7 +43,7 @@ if [ "$what" = test ]; then
   if [ "$(cat .venv-nt/.kip-stamp 2>/dev/null)" != "nt-$(stamp)" ]; then
     echo "[setup] installing jax 0.5.3 + neural-tangents 0.6.5 + kip into .venv-nt" >&2
     pipq .venv-nt --upgrade pip
-    pipq .venv-nt -e . "jax==0.5.3" "jaxlib==0.5.3" "neural-tangents==0.6.5" "pytest>=7"
+    pipq .venv-nt -e . "jax==0.5.3" "jaxlib==0.5.3" "neural-tangents==0.6.5" "pytest>=7" "pytest-xdist>=3"
     echo "nt-$(stamp)" > .venv-nt/.kip-stamp
   fi
 fi

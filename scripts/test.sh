@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh test
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
 status=0
-.venv/bin/python -m pytest -q -p no:cacheprovider "$@" || status=$?
+.venv/bin/python -m pytest -q -p no:cacheprovider -n 2 --durations=15 "$@" || status=$?
 echo "== neural-tangents parity (jax 0.5.3, neural-tangents 0.6.5) =="
-KIP_REQUIRE_NT=1 .venv-nt/bin/python -m pytest -q -p no:cacheprovider -m nt tests/test_nt_parity.py || status=$?
+KIP_REQUIRE_NT=1 .venv-nt/bin/python -m pytest -q -p no:cacheprovider -n 2 -m nt tests/test_nt_parity.py || status=$?
 exit $status
