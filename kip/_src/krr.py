@@ -14,6 +14,7 @@ Reference: Nguyen, Chen, Lee, "Dataset Meta-Learning from Kernel Ridge-Regressio
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Callable, Optional, Protocol, Union
 
@@ -59,20 +60,34 @@ def solve(k_ss: jax.Array, y_s: jax.Array, reg: float = DEFAULT_REG, *,
   Returns:
     ``(n, k)`` dual coefficients.
   """
+  return _solve(k_ss, y_s, reg, jitter_fallback)
+
+
+# Jitted so that eager callers (predict, evaluation) compile the fallback chain once per shape
+# instead of re-tracing its ``cond`` branches on every call.
+@functools.partial(jax.jit, static_argnums=(3,))
+def _solve(k_ss, y_s, reg, jitter_fallback):
   n = k_ss.shape[0]
-  scale = jnp.trace(k_ss) / n
   eye = jnp.eye(n, dtype=k_ss.dtype)
-  jitters = _JITTERS if jitter_fallback else _JITTERS[:1]
 
-  def attempt(extra):
-    chol = jnp.linalg.cholesky(k_ss + (reg * scale + extra * scale) * eye)
-    return jax.scipy.linalg.cho_solve((chol, True), y_s)
+  def attempt(k, y, extra):
+    scale = jnp.trace(k) / n
+    chol = jnp.linalg.cholesky(k + (reg * scale + extra * scale) * eye)
+    return jax.scipy.linalg.cho_solve((chol, True), y)
 
-  alpha = attempt(jitters[0])
-  for extra in jitters[1:]:
-    bad = ~jnp.all(jnp.isfinite(alpha))
-    alpha = jax.lax.cond(bad, lambda e=extra: attempt(e), lambda a=alpha: a)
-  return alpha
+  if not jitter_fallback:
+    return attempt(k_ss, y_s, _JITTERS[0])
+  # The ridge is chosen on values only, then one factorisation is differentiated: reverse mode
+  # through a failed (NaN) attempt poisons the gradient even when its result is discarded.
+  k_sg, y_sg = jax.lax.stop_gradient(k_ss), jax.lax.stop_gradient(y_s)
+  ok = jnp.all(jnp.isfinite(attempt(k_sg, y_sg, _JITTERS[0])))
+  extra = jnp.asarray(_JITTERS[0], k_ss.dtype)
+  for e in _JITTERS[1:]:
+    e_ok = jax.lax.cond(ok, lambda e=e: jnp.array(True),
+                        lambda e=e: jnp.all(jnp.isfinite(attempt(k_sg, y_sg, e))))
+    extra = jnp.where(ok, extra, jnp.asarray(e, k_ss.dtype))
+    ok = ok | e_ok
+  return attempt(k_ss, y_s, extra)
 
 
 def kernel_matrix(kernel_fn: Callable, x1: jax.Array, x2: Optional[jax.Array], get: str,
