@@ -346,7 +346,7 @@ def distill(dataset, support_size: Optional[int] = None, learn_labels: bool = Tr
     learn_images: set ``False`` to learn labels only.
     checkpoint_dir: where ``checkpoint.npz`` is written every ``checkpoint_every`` steps (and
       on interruption); ``None`` disables checkpoints.
-    checkpoint_every: steps between checkpoints.
+    checkpoint_every: steps between checkpoints (0: only at the end and on interruption).
     resume: continue from ``checkpoint_dir/checkpoint.npz`` if it exists; the result is
       bit-identical to an uninterrupted run with the same arguments.
     eval_every: steps between KRR test-accuracy evaluations (0: only at the end).
@@ -362,6 +362,9 @@ def distill(dataset, support_size: Optional[int] = None, learn_labels: bool = Tr
   if support_size is None and images_per_class is None:
     support_size = 10
   ipc = resolve_images_per_class(dataset.num_classes, support_size, images_per_class)
+  for name, value in (("checkpoint_every", checkpoint_every), ("eval_every", eval_every)):
+    if value < 0:
+      raise ValueError(f"{name}={value} must be >= 0 (0: only at the end).")
   config = KIPConfig(images_per_class=ipc, learn_labels=learn_labels, learn_images=learn_images,
                      get=get, reg=reg, target_batch_size=target_batch_size, steps=steps,
                      learning_rate=learning_rate, augment=augment, mode=mode)
@@ -442,7 +445,7 @@ def distill(dataset, support_size: Optional[int] = None, learn_labels: bool = Tr
       bar.update(1)
       if callback is not None:
         callback(i + 1, {k: float(v) for k, v in metrics.items()})
-      if (i + 1) % checkpoint_every == 0:
+      if checkpoint_every and (i + 1) % checkpoint_every == 0:
         save(state)
       if time_budget is not None and time.time() - loop_start > time_budget and i + 1 < steps:
         stopped_early = True
