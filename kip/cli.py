@@ -23,8 +23,10 @@ def _setup_logging(out_dir: Optional[str], verbose: bool) -> None:
   if out_dir:
     os.makedirs(out_dir, exist_ok=True)
     handlers.append(logging.FileHandler(os.path.join(out_dir, "kip.log")))
-  logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=handlers,
+  level = logging.DEBUG if verbose else logging.INFO
+  logging.basicConfig(level=level, handlers=handlers,
                       format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+  logging.getLogger("kip").setLevel(level)  # the CLI owns logging: undo quieter settings
   for noisy in ("jax", "absl", "matplotlib", "PIL"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
 

@@ -1,0 +1,256 @@
+"""Cross-architecture matrix: how a support set was made (rows) x what is trained on it (columns).
+
+Rows are support sets of the same size: KIP with the FC kernel, KIP with the ConvNet kernel,
+LS (label solve, FC kernel), random real images, herding (and k-center, DC, DSA, DM on
+request). Columns are finite networks trained on the set with one recipe (mean ± std over
+``--restarts`` fresh initialisations, labels used as given) and kernel ridge regression with
+the FC kernel. Every row is one fixed set; restarts vary the network initialisation only.
+
+CPU defaults are small on purpose and printed in the table caption: few training steps,
+reduced network widths (``--widths``; ``--preset-widths`` restores the library presets), and a
+KIP-ConvNet set of very few steps (the ConvNet NTK runs at tens of pairs/s on a CPU; pass
+``--kip-convnet-path`` to evaluate a set distilled elsewhere). Published Fashion-MNIST
+ConvNet numbers of ../shared/ANCHORS.md are printed beside the ConvNet column.
+
+  python -m benchmarks.cross_arch [--dataset fashion_mnist] [--ipc 10] [--restarts 2]
+      [--steps 100] [--rows kip_fc ls random] [--cols fc convnet krr] [--include dc dsa dm]
+      [--out benchmarks/results/cross_arch]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+
+
+import kip
+from benchmarks import common
+from benchmarks.transfer_cpu import DEFAULT_KIP_DIR, load_saved_set
+
+logger = logging.getLogger("benchmarks.cross_arch")
+
+ROWS = ("kip_fc", "kip_convnet", "ls", "random", "herding", "kcenter", "dc", "dsa", "dm")
+DEFAULT_ROWS = ("kip_fc", "kip_convnet", "ls", "random", "herding")
+NETS = ("fc", "convnet", "kip_convnet", "lenet", "alexnet", "resnet")
+COLS = NETS + ("krr",)
+DEFAULT_COLS = ("fc", "convnet", "lenet", "alexnet", "resnet", "krr")
+# The width attribute of each preset model (LeNet has none).
+WIDTH_FIELD = {"fc": "width", "convnet": "width", "kip_convnet": "width", "alexnet": "width2",
+               "resnet": "width"}
+CPU_WIDTHS = ("fc=512", "convnet=32", "alexnet=32", "resnet=8")
+ROW_NAMES = {"kip_fc": "KIP, FC kernel", "kip_convnet": "KIP, ConvNet kernel",
+             "ls": "LS, FC kernel", "random": "random real", "herding": "herding (pixels)",
+             "kcenter": "k-center (pixels)", "dc": "DC", "dsa": "DSA", "dm": "DM"}
+ANCHOR_KEY = {"kip_convnet": "kip_transfer", "ls": "ls_transfer", "random": "random",
+              "herding": "herding", "kcenter": "kcenter", "dc": "dc", "dsa": "dsa", "dm": "dm"}
+
+
+def _parse_widths(tokens) -> dict[str, dict[str, int]]:
+  out = {}
+  for tok in tokens:
+    name, _, value = tok.partition("=")
+    if name not in WIDTH_FIELD or not value.isdigit():
+      raise ValueError(f"--widths entry {tok!r}: use MODEL=INT with MODEL one of "
+                       f"{sorted(WIDTH_FIELD)}.")
+    out[name] = {WIDTH_FIELD[name]: int(value)}
+  return out
+
+
+def _make_sets(a, ds, rows, fc_kernel, model_kwargs, sets_dir, progress):
+  """Builds (or loads) the support set of every row; returns ``{row: (set, note, seconds)}``."""
+  sets = {}
+  for row in rows:
+    t = time.time()
+    note = ""
+    if row == "kip_fc":
+      path = a.kip_fc_path
+      if path is None and a.dataset == "fashion_mnist":
+        path = os.path.join(DEFAULT_KIP_DIR, f"kip_fc_ipc{a.ipc}.npz")
+      s = load_saved_set(path, ds, a.ipc, architecture="fc", depth=a.fc_depth)
+      if s is not None:
+        note = f"{s.metadata.get('steps')} steps, loaded from {os.path.relpath(path)}"
+      else:
+        s = kip.distill(ds, images_per_class=a.ipc, kernel=fc_kernel, steps=a.kip_fc_steps,
+                        learning_rate=a.lr, target_batch_size=a.target_batch_size, reg=a.reg,
+                        seed=a.seed, progress=progress)
+        note = f"{a.kip_fc_steps} steps, target batch {a.target_batch_size}"
+    elif row == "kip_convnet":
+      s = load_saved_set(a.kip_convnet_path, ds, a.ipc, architecture="convnet")
+      if s is not None:
+        note = f"{s.metadata.get('steps')} steps, loaded from {os.path.relpath(a.kip_convnet_path)}"
+      else:
+        s = kip.distill(ds, images_per_class=a.ipc, kernel=kip.kernels.convnet(),
+                        steps=a.convnet_steps, learning_rate=a.lr,
+                        target_batch_size=a.convnet_target_batch_size, reg=a.reg, seed=a.seed,
+                        progress=progress)
+        note = (f"only {a.convnet_steps} step{'s' * (a.convnet_steps != 1)}, target batch "
+                f"{a.convnet_target_batch_size}")
+    elif row == "ls":
+      s = kip.distill(ds, images_per_class=a.ipc, kernel=fc_kernel, reg=a.reg, seed=a.seed,
+                      mode="ls", progress=False)
+    elif row == "random":
+      s = kip.baselines.random_real(ds, a.ipc, a.seed)
+    elif row == "herding":
+      s = kip.baselines.herding(ds, a.ipc, a.seed)
+    elif row == "kcenter":
+      s = kip.baselines.kcenter(ds, a.ipc, a.seed)
+    elif row in ("dc", "dsa"):
+      cls = kip.baselines.DCConfig if row == "dc" else kip.baselines.DSAConfig
+      fn = kip.baselines.distill_dc if row == "dc" else kip.baselines.distill_dsa
+      cfg = cls(iterations=a.dc_iterations, model_kwargs=model_kwargs.get("convnet", {}))
+      s = fn(ds, a.ipc, cfg, key=a.seed, progress=progress)
+      note = f"{a.dc_iterations} iterations"
+    elif row == "dm":
+      cfg = kip.baselines.DMConfig(iterations=a.dm_iterations,
+                                   model_kwargs=model_kwargs.get("convnet", {}))
+      s = kip.baselines.distill_dm(ds, a.ipc, cfg, key=a.seed, progress=progress)
+      note = f"{a.dm_iterations} iterations"
+    else:
+      raise ValueError(f"unknown row {row!r}; rows: {list(ROWS)}.")
+    seconds = time.time() - t
+    if row in ("kip_fc", "kip_convnet", "dc", "dsa", "dm") and "loaded" not in note:
+      os.makedirs(sets_dir, exist_ok=True)
+      s.save(os.path.join(sets_dir, f"{row}_ipc{a.ipc}.npz"))
+    logger.info("row %s ready in %.0f s %s", row, seconds, note)
+    sets[row] = (s, note, seconds)
+  return sets
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--dataset", default="fashion_mnist")
+  p.add_argument("--preprocess", default="standardize", choices=["standardize", "zca", "none"])
+  p.add_argument("--ipc", type=int, default=10)
+  p.add_argument("--rows", nargs="+", default=list(DEFAULT_ROWS), choices=ROWS)
+  p.add_argument("--include", nargs="*", default=[], choices=ROWS,
+                 help="rows added to --rows (e.g. dc dsa dm)")
+  p.add_argument("--cols", nargs="+", default=list(DEFAULT_COLS), choices=COLS)
+  p.add_argument("--restarts", type=int, default=2)
+  p.add_argument("--recipe", default="kip", help="kip.transfer recipe for every network")
+  p.add_argument("--steps", type=int, default=100, help="SGD steps per network (recipe "
+                 "override; 0 keeps the preset's length, 5,000 for 'kip')")
+  p.add_argument("--train-lr", type=float, default=0.05,
+                 help="recipe learning-rate override for the short CPU schedule (0: the "
+                      "preset's, 0.01 for 'kip')")
+  p.add_argument("--widths", nargs="*", default=list(CPU_WIDTHS),
+                 help="MODEL=INT width overrides (alexnet: second conv's channels)")
+  p.add_argument("--preset-widths", action="store_true",
+                 help="ignore --widths; use the library presets (ConvNet 128, ...)")
+  p.add_argument("--num-test", type=int, default=None,
+                 help="class-balanced test subset for every column (default: all)")
+  p.add_argument("--seed", type=int, default=0)
+  # Distillation settings.
+  p.add_argument("--fc-depth", type=int, default=3, help="FC kernel depth (KIP-FC, LS, KRR)")
+  p.add_argument("--lr", type=float, default=0.04, help="KIP learning rate")
+  p.add_argument("--reg", type=float, default=1e-6)
+  p.add_argument("--target-batch-size", type=int, default=2000, help="KIP-FC target batch")
+  p.add_argument("--kip-fc-path", default=None,
+                 help="saved KIP-FC set (default for fashion_mnist: results/kip_cpu/"
+                      "kip_fc_ipc{ipc}.npz); 'none' distils here")
+  p.add_argument("--kip-fc-steps", type=int, default=1000)
+  p.add_argument("--kip-convnet-path", default=None, help="saved KIP-ConvNet set")
+  p.add_argument("--convnet-steps", type=int, default=1,
+                 help="KIP-ConvNet steps when distilling here (slow on CPU)")
+  p.add_argument("--convnet-target-batch-size", type=int, default=10)
+  p.add_argument("--dc-iterations", type=int, default=10, help="DC / DSA iterations")
+  p.add_argument("--dm-iterations", type=int, default=200)
+  p.add_argument("--out", default=os.path.join(common.RESULTS_DIR, "cross_arch"),
+                 help="writes OUT.json and OUT.md")
+  p.add_argument("--sets-dir", default=None,
+                 help="where distilled sets are saved (default OUT_sets/)")
+  p.add_argument("--no-progress", action="store_true")
+  a = p.parse_args(argv)
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+  for noisy in ("jax", "absl", "matplotlib"):
+    logging.getLogger(noisy).setLevel(logging.WARNING)
+  progress = not a.no_progress
+  rows = list(dict.fromkeys(list(a.rows) + list(a.include)))
+  cols = list(dict.fromkeys(a.cols))
+  model_kwargs = {} if a.preset_widths else _parse_widths(a.widths)
+  sets_dir = a.sets_dir or a.out + "_sets"
+  t_start = time.time()
+
+  ds = kip.data.load(a.dataset, preprocess=a.preprocess)
+  eval_ds = ds if a.num_test is None else ds.subset(None, a.num_test, seed=a.seed)
+  fc_kernel = kip.kernels.fc(a.fc_depth)
+  overrides = {} if not a.steps else {"steps": a.steps}
+  if a.train_lr:
+    overrides["learning_rate"] = a.train_lr
+  recipe = kip.transfer.get_recipe(a.recipe, **overrides)
+
+  sets = _make_sets(a, ds, rows, fc_kernel, model_kwargs, sets_dir, progress)
+  cells: dict[str, dict[str, dict]] = {r: {} for r in rows}
+  for row in rows:
+    s = sets[row][0]
+    for col in cols:
+      if col == "krr":
+        t = time.time()
+        acc = kip.evaluate.kernel_accuracy(s, eval_ds, kernel=fc_kernel, reg=a.reg)
+        cells[row][col] = {"mean": acc, "std": 0.0, "accuracies": [acc],
+                           "seconds": time.time() - t}
+        logger.info("%s x KRR: %.4f", row, acc)
+        continue
+      try:
+        res = kip.transfer.evaluate(s, eval_ds, model=col, recipe=recipe, restarts=a.restarts,
+                                    seed=a.seed, model_kwargs=model_kwargs.get(col),
+                                    progress=progress)
+        cells[row][col] = res.to_dict()
+      except ValueError as e:  # a diverged network is a result, not a crash
+        if "diverged" not in str(e):
+          raise
+        logger.warning("%s x %s diverged: %s", row, col, e)
+        cells[row][col] = {"mean": None, "std": None, "error": str(e)}
+
+  fashion = a.dataset == "fashion_mnist"
+  header = ["set (how distilled)"] + [c if c != "krr" else f"KRR (FC-{a.fc_depth} NTK)"
+                                      for c in cols]
+  if fashion and "convnet" in cols:
+    header.append(f"published ConvNet, IPC {a.ipc}")
+  header.append("distil s")
+  table_rows = []
+  for row in rows:
+    s, note, seconds = sets[row]
+    name = ROW_NAMES[row] + (f" ({note})" if note else "")
+    line = [name]
+    for col in cols:
+      c = cells[row][col]
+      if c.get("mean") is None:
+        line.append("diverged")
+      elif col == "krr":
+        line.append(f"{100 * c['mean']:.2f}")
+      else:
+        line.append(f"{100 * c['mean']:.2f} ± {100 * c['std']:.2f}")
+    if fashion and "convnet" in cols:
+      line.append(common.anchor(ANCHOR_KEY[row], a.ipc) if row in ANCHOR_KEY else "-")
+    line.append(f"{seconds:.0f}")
+    table_rows.append(line)
+  table = common.markdown_table(header, table_rows)
+  widths = ", ".join(f"{m} {kw}" for m, kw in model_kwargs.items() if m in cols) or "presets"
+  caption = (f"{a.dataset}, {a.ipc} images per class ({a.ipc * ds.num_classes} images): test "
+             f"accuracy % on {len(eval_ds.y_test):,} test images. Finite networks: mean ± std "
+             f"over {a.restarts} restarts, recipe '{recipe.name}' ({recipe.loss}, lr "
+             f"{recipe.learning_rate} {recipe.schedule}, batch {recipe.batch_size}, "
+             f"{recipe.num_steps(a.ipc * ds.num_classes)} steps), labels used as given; "
+             f"width overrides: {widths}. KRR: FC depth-{a.fc_depth} NTK, reg {a.reg:g}. "
+             f"Published numbers: ConvNet-3 (KIP/LS: ConvNet width 1024), full-length "
+             f"protocols. {common.machine()['device']}.")
+  total = time.time() - t_start
+  print(f"\n{caption}")
+  print(table)
+  print(f"\nTotal wall time {total:.0f} s.")
+  os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+  with open(a.out + ".md", "w") as f:
+    f.write(f"{caption}\n\n{table}\n\nTotal wall time {total:.0f} s.\n")
+  common.write_json(a.out + ".json", {
+      "args": vars(a), "machine": common.machine(), "caption": caption, "table": table,
+      "rows": rows, "cols": cols, "recipe": recipe.to_dict(), "model_kwargs": model_kwargs,
+      "sets": {r: {"note": sets[r][1], "seconds": sets[r][2], "method": sets[r][0].method,
+                   "num_images": len(sets[r][0])} for r in rows},
+      "cells": cells, "total_seconds": total})
+  return cells
+
+
+if __name__ == "__main__":
+  main()

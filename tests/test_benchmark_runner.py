@@ -1,0 +1,170 @@
+"""The benchmark suite runner: one tiny digits config, run twice (resumable), tables, RESULTS.md."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from benchmarks import common
+from benchmarks import run
+
+TINY = {
+    "name": "tiny", "title": "tiny digits suite",
+    "dataset": {"name": "digits", "preprocess": "standardize"},
+    "seed": 0, "ipc": [1],
+    "caption": "Test settings: a few steps, one restart.",
+    "omitted": {"kip_convnet": "too slow for a unit test"},
+    "methods": {
+        "kip_fc": {
+            "label": "KIP, FC kernel", "algorithm": "kip",
+            "distill": {"kernel": {"architecture": "fc", "depth": 2}, "steps": 3,
+                        "learning_rate": 0.04, "target_batch_size": 100},
+            "krr": {},
+            "finite": {"model": "fc", "model_kwargs": {"width": 32}, "recipe": "kip",
+                       "restarts": 1, "recipe_overrides": {"steps": 5}},
+            "anchor": {"krr": "kip_krr", "finite": "kip_transfer"}},
+        "random": {
+            "label": "random real", "algorithm": "random",
+            "krr": {"kernel": {"architecture": "fc", "depth": 2}},
+            "finite": {"model": "fc", "model_kwargs": {"width": 32}, "recipe": "dc",
+                       "restarts": 2, "restarts_per_call": 1, "recipe_overrides": {"epochs": 5},
+                       "fresh_subsets": True},
+            "anchor": {"finite": "random"}},
+    },
+}
+
+
+def _mtimes(directory):
+  return {f: os.stat(os.path.join(directory, f)).st_mtime_ns for f in sorted(os.listdir(directory))}
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory):
+  root = tmp_path_factory.mktemp("suite")
+  config = root / "tiny.json"
+  config.write_text(json.dumps(TINY))
+  out = root / "out"
+  first = run.main(["--config", str(config), "--out", str(out)])
+  return config, out, first
+
+
+def test_first_run_writes_every_cell(suite):
+  _, out, first = suite
+  assert first["computed"] == ["kip_fc_ipc1", "random_ipc1"]
+  for name in first["computed"]:
+    rec = json.loads((out / "cells" / f"{name}.json").read_text())
+    assert rec["kind"] == run.CELL_KIND and rec["machine"]["device"]
+    assert 0 < rec["krr"]["accuracy"] <= 1
+    restarts = TINY["methods"][rec["method"]]["finite"]["restarts"]
+    assert rec["finite"]["restarts"] == restarts == len(rec["finite"]["accuracies"])
+    assert rec["distill_seconds"] >= 0 and rec["eval_seconds"] > 0
+    assert (out / rec["distilled"]).exists() and (out / rec["grid"]).exists()
+  assert not (out / "checkpoints" / "kip_fc_ipc1").exists()  # removed once the cell is done
+
+
+def test_table_has_anchor_columns_and_caption(suite):
+  _, out, first = suite
+  table = (out / "table.md").read_text()
+  header = table.splitlines()[table.splitlines().index(first["table"].splitlines()[0])]
+  assert "published KRR %" in header and "published finite %" in header
+  assert "| KIP, FC kernel | 1 |" in table and "| random real | 1 |" in table
+  assert "Test settings" in table and "Not in this tier: kip_convnet" in table
+  summary = json.loads((out / "suite.json").read_text())
+  assert summary["kind"] == run.SUITE_KIND and summary["pending"] == []
+
+
+def test_anchors_are_filled_in_for_fashion_mnist():
+  config = dict(TINY, dataset={"name": "fashion_mnist"})
+  cells = run.plan(config)
+  rec = {"label": "x", "krr": {"accuracy": 0.5}, "finite": {"mean": 0.5, "std": 0.0,
+                                                            "restarts": 1},
+         "distill_seconds": 1.0, "eval_seconds": 1.0, "machine": {"device": "cpu:0"}}
+  table, _ = run.render_table(config, [rec, rec], cells)
+  assert common.anchor("kip_krr", 1) in table and common.anchor("random", 1) in table
+
+
+def test_second_run_recomputes_nothing(suite):
+  config, out, _ = suite
+  before = _mtimes(out / "cells"), _mtimes(out / "distilled")
+  second = run.main(["--config", str(config), "--out", str(out)])
+  assert second["computed"] == []
+  assert (_mtimes(out / "cells"), _mtimes(out / "distilled")) == before
+
+
+def test_interrupted_cell_recomputes_only_itself(suite):
+  config, out, _ = suite
+  # As after a crash during the evaluation: the distilled set is saved, the cell JSON is not.
+  (out / "cells" / "random_ipc1.json").unlink()
+  other = (out / "cells" / "kip_fc_ipc1.json").stat().st_mtime_ns
+  saved = (out / "distilled" / "random_ipc1.npz").stat().st_mtime_ns
+  third = run.main(["--config", str(config), "--out", str(out), "--only", "random"])
+  assert third["computed"] == ["random_ipc1"]
+  assert (out / "cells" / "kip_fc_ipc1.json").stat().st_mtime_ns == other
+  assert (out / "distilled" / "random_ipc1.npz").stat().st_mtime_ns == saved  # reused
+
+
+def test_time_budget_stops_between_restart_groups_and_resumes(suite, tmp_path):
+  config, _, _ = suite
+  out = tmp_path / "chunked"
+  args = ["--config", str(config), "--out", str(out), "--only", "random"]
+  first = run.main(args + ["--max-minutes", "0"])  # the first group always runs
+  assert first["computed"] == [] and "restart group 1 of 2" in first["stopped"]
+  stage = json.loads((out / "cells" / "random_ipc1.finite.json").read_text())
+  assert len(stage["groups"]) == 1
+  saved = (out / "distilled" / "random_ipc1.npz").stat().st_mtime_ns
+  second = run.main(args)
+  assert second["computed"] == ["random_ipc1"]
+  rec = json.loads((out / "cells" / "random_ipc1.json").read_text())
+  assert rec["finite"]["seeds"] == [0, 1] and rec["finite"]["restarts"] == 2
+  assert rec["finite"]["accuracies"][0] == stage["groups"][0]["accuracies"][0]
+  assert (out / "distilled" / "random_ipc1.npz").stat().st_mtime_ns == saved
+  assert not (out / "cells" / "random_ipc1.finite.json").exists()
+  assert "Not yet run: kip_fc_ipc1" in second["caption"]
+
+
+def test_changed_settings_recompute_the_cell(suite, tmp_path):
+  _, out, _ = suite
+  config = json.loads(json.dumps(TINY))
+  config["methods"]["random"]["finite"]["recipe_overrides"] = {"epochs": 6}
+  config["methods"]["kip_fc"]["label"] = "renamed"  # presentation only: no recompute
+  cells = run.plan(config)
+  assert run.finished(config, cells[0], str(out)) is not None
+  assert run.finished(config, cells[1], str(out)) is None
+
+
+def test_write_results_collects_every_result(suite, tmp_path):
+  _, out, _ = suite
+  results = tmp_path / "results"
+  (results / "kip_cpu").mkdir(parents=True)
+  common.write_json(str(results / "kip_cpu" / "kip_cpu.json"), {
+      "args": {"ipc": [1], "steps": [10], "no_progress": True}, "results": [],
+      "machine": {"device": "cpu:0", "cpu_count": 2, "time_utc": "2026-01-01 00:00 UTC"},
+      "table": "| IPC | KIP |\n|---|---|\n| 1 | 80 |"})
+  (results / "kip_cpu" / "kip_fc_ipc1.png").write_bytes(b"png")
+  common.write_json(str(results / "kernel_throughput.json"), {
+      "ours": {"impl": "kip", "jax": "0.10", "fwd_pairs_per_s": 50.0, "grad_pairs_per_s": 20.0,
+               "peak_rss_mb": 900, "device": "cpu"}, "memory": {}})
+  common.write_json(str(results / "cross_arch.json"), {"machine": {"device": "cpu:0"}})
+  (results / "cross_arch.md").write_text("| set | FC |\n|---|---|\n| KIP | 70 |")
+  suite_dir = results / "suite_tiny"
+  suite_dir.mkdir()
+  (suite_dir / "suite.json").write_text((out / "suite.json").read_text())
+  md = run.write_results_md(str(results), str(tmp_path / "RESULTS.md"))
+  assert "tiny digits suite" in md and "published KRR %" in md
+  assert "python -m benchmarks.kip_cpu --ipc 1 --no-progress --steps 10" in md
+  assert "results/kip_cpu/kip_fc_ipc1.png" in md
+  assert "fwd pairs/s" in md and "| KIP | 70 |" in md
+  assert "results/suite_tiny/distilled/kip_fc_ipc1.png" in md
+  assert md.count("\n## ") == 4
+
+
+@pytest.mark.parametrize("tier", ["cpu", "gpu"])
+def test_tier_configs_are_valid(tier):
+  config = run.load_config(tier)
+  methods = set(config["methods"]) | set(config.get("omitted", {}))
+  assert methods == set(run.METHODS)
+  for cell in run.all_cells(config):
+    run.validate(cell)
+  assert run.plan(config)

@@ -1,0 +1,64 @@
+"""Smoke tests: each benchmark script's ``main`` runs end to end on digits with tiny settings."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from benchmarks import compression_sweep, cross_arch, transfer_cpu
+
+QUIET = ["--dataset", "digits", "--no-progress"]
+
+
+def _saved_kip_set(path, ipc):
+  """A stand-in for a saved KIP-FC set (real images, one-hot labels), so no KIP compile."""
+  import kip
+  ds = kip.data.load("digits")
+  s = kip.baselines.random_real(ds, ipc, 0)
+  s.replace(method="kip", metadata={"kernel": dict(kip.kernels.fc(3).spec), "steps": 0}
+            ).save(path)
+
+
+def test_transfer_cpu(tmp_path):
+  out = tmp_path / "transfer.json"
+  kip_path = str(tmp_path / "kip_fc_ipc10.npz")
+  _saved_kip_set(kip_path, 10)
+  transfer_cpu.main(QUIET + ["--restarts", "2", "--train-steps", "5", "--width", "16",
+                             "--kip-path", kip_path, "--no-full", "--json", str(out)])
+  res = json.loads(out.read_text())
+  assert set(res["results"]) == {"kip", "ls", "random"}
+  for r in res["results"].values():
+    assert len(r["accuracies"]) == 2 and 0.0 <= r["mean"] <= 1.0
+  assert "kip_fc_ipc10.npz" in res["kip_source"]
+  assert isinstance(res["clearly_above"], bool)
+  assert 0.5 < res["krr"]["kip"] <= 1.0
+  assert "| KIP-FC" in res["table"]
+
+
+def test_cross_arch(tmp_path):
+  prefix = str(tmp_path / "cross")
+  cross_arch.main(QUIET + ["--rows", "ls", "random", "--cols", "fc", "krr", "--restarts", "2",
+                           "--steps", "5", "--widths", "fc=16", "--out", prefix])
+  res = json.loads(open(prefix + ".json").read())
+  assert res["rows"] == ["ls", "random"] and res["cols"] == ["fc", "krr"]
+  for row in res["rows"]:
+    assert len(res["cells"][row]["fc"]["accuracies"]) == 2
+    assert 0.5 < res["cells"][row]["krr"]["mean"] <= 1.0
+  assert res["model_kwargs"] == {"fc": {"width": 16}}
+  assert os.path.exists(prefix + ".md")
+
+
+def test_compression_sweep(tmp_path):
+  prefix = str(tmp_path / "sweep")
+  compression_sweep.main(QUIET + ["--ipc", "1", "5", "500", "--kip-max-ipc", "1",
+                                  "--ls-max-ipc", "5", "--kip-steps", "2",
+                                  "--target-batch-size", "100", "--out", prefix])
+  res = json.loads(open(prefix + ".json").read())
+  done = {(m, c["ipc"]) for m, cells in res["results"].items() for c in cells if "acc" in c}
+  assert done == {("kip", 1), ("ls", 1), ("ls", 5), ("random", 1), ("random", 5)}
+  reasons = {(s["method"], s["ipc"]): s["reason"] for s in res["skipped"]}
+  assert "kip-max-ipc" in reasons[("kip", 5)]
+  assert "smallest class" in reasons[("random", 500)]
+  assert os.path.getsize(prefix + ".png") > 0
