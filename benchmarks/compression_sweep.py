@@ -44,7 +44,7 @@ def default_kip_steps(ipc: int) -> int:
   if ipc <= 50:
     return 500
   if ipc <= 100:
-    return 100
+    return 300
   if ipc <= 500:
     return 10
   return 2

@@ -29,7 +29,7 @@ TARGETS = {1: 82.0, 10: 87.0, 50: 88.5}
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--ipc", type=int, nargs="+", default=[1, 10, 50])
-  p.add_argument("--steps", type=int, nargs="+", default=[2000, 2000, 1000],
+  p.add_argument("--steps", type=int, nargs="+", default=[2000, 2000, 2000],
                  help="KIP steps for each --ipc value (one value: the same for all)")
   p.add_argument("--lr", type=float, default=0.04)
   p.add_argument("--target-batch-size", type=int, default=2000)

@@ -715,7 +715,7 @@ def _throughput_section(data: Mapping[str, Any]) -> str:
 
 
 _ORDER = ("suite_cpu", "suite_gpu", "baselines_cpu", "kip_cpu", "transfer_cpu", "cross_arch",
-          "compression_sweep", "kernel_throughput")
+          "compression_sweep", "poisoning_cpu", "kernel_throughput")
 
 
 def _section_key(path: str) -> tuple[int, str]:
