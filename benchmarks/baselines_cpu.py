@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import logging
 import os
 import shlex
 import sys
@@ -65,9 +64,7 @@ def main(argv=None):
   p.add_argument("--max-minutes", type=float, default=None)
   p.add_argument("--progress", action="store_true")
   a = p.parse_args(argv)
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-  for noisy in ("jax", "absl", "matplotlib", "kip"):
-    logging.getLogger(noisy).setLevel(logging.WARNING)
+  common.setup_logging(quiet_kip=True)
   inside = os.path.abspath(a.out).startswith(os.path.abspath(common.RESULTS_DIR) + os.sep)
   summary = run.run_suite(config(a.restarts, a.train_steps), a.out, max_minutes=a.max_minutes,
                           progress=a.progress, write_results=inside,

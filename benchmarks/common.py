@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import time
@@ -55,3 +56,15 @@ def write_json(path: str, obj: Any) -> None:
   from kip._src.io import atomic_write
   with atomic_write(path, "w") as f:
     json.dump(obj, f, indent=2, sort_keys=True)
+
+
+def setup_logging(quiet_kip: bool = False) -> None:
+  """INFO logging with timestamps for a benchmark's own logger; jax/absl/matplotlib at WARNING.
+
+  Args:
+    quiet_kip: also keep the library's own INFO messages out (for runners with many cells).
+  """
+  fmt = "%(asctime)s %(name)s %(message)s" if quiet_kip else "%(asctime)s %(message)s"
+  logging.basicConfig(level=logging.INFO, format=fmt)
+  for noisy in ("jax", "absl", "matplotlib") + (("kip",) if quiet_kip else ()):
+    logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -101,9 +101,7 @@ def main(argv=None):
                  help="writes OUT.json and OUT.png")
   p.add_argument("--no-progress", action="store_true")
   a = p.parse_args(argv)
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-  for noisy in ("jax", "absl", "matplotlib"):
-    logging.getLogger(noisy).setLevel(logging.WARNING)
+  common.setup_logging()
   if a.kip_steps is None:
     steps = {ipc: default_kip_steps(ipc) for ipc in a.ipc}
   elif len(a.kip_steps) in (1, len(a.ipc)):

@@ -170,9 +170,7 @@ def main(argv=None):
                  help="where distilled sets are saved (default OUT_sets/)")
   p.add_argument("--no-progress", action="store_true")
   a = p.parse_args(argv)
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-  for noisy in ("jax", "absl", "matplotlib"):
-    logging.getLogger(noisy).setLevel(logging.WARNING)
+  common.setup_logging()
   progress = not a.no_progress
   extra = ["kip_convnet"] if a.kip_convnet_path else []
   rows = list(dict.fromkeys(list(a.rows) + list(a.include) + extra))

@@ -41,9 +41,7 @@ def main(argv=None):
   p.add_argument("--out", default=os.path.join(common.RESULTS_DIR, "kip_cpu"))
   p.add_argument("--no-progress", action="store_true")
   a = p.parse_args(argv)
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-  for noisy in ("jax", "absl", "matplotlib"):
-    logging.getLogger(noisy).setLevel(logging.WARNING)
+  common.setup_logging()
   steps = dict(zip(a.ipc, a.steps if len(a.steps) == len(a.ipc) else a.steps[:1] * len(a.ipc)))
 
   ds = kip.data.load("fashion_mnist", preprocess=a.preprocess)

@@ -49,9 +49,7 @@ def main(argv=None):
   p.add_argument("--out", default=os.path.join(common.RESULTS_DIR, "poisoning_cpu"))
   p.add_argument("--progress", action="store_true")
   a = p.parse_args(argv)
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-  for noisy in ("jax", "absl", "matplotlib"):
-    logging.getLogger(noisy).setLevel(logging.WARNING)
+  common.setup_logging()
 
   ds = kip.data.load(a.dataset, preprocess="standardize")
   names = ds.class_names or [str(c) for c in range(ds.num_classes)]

@@ -850,9 +850,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
                  help="rebuild benchmarks/RESULTS.md (alone: without running anything)")
   p.add_argument("--no-results-md", action="store_true", help="do not touch RESULTS.md")
   a = p.parse_args(argv)
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-  for noisy in ("jax", "absl", "matplotlib", "kip"):
-    logging.getLogger(noisy).setLevel(logging.WARNING)
+  common.setup_logging(quiet_kip=True)
   if a.tier is None and a.config is None:
     if a.write_results:
       print(write_results_md())

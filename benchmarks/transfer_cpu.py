@@ -114,9 +114,7 @@ def main(argv=None):
   p.add_argument("--json", default=os.path.join(common.RESULTS_DIR, "transfer_cpu.json"))
   p.add_argument("--no-progress", action="store_true")
   a = p.parse_args(argv)
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-  for noisy in ("jax", "absl", "matplotlib"):
-    logging.getLogger(noisy).setLevel(logging.WARNING)
+  common.setup_logging()
   progress = not a.no_progress
   t_start = time.time()
 

@@ -233,11 +233,6 @@ def make_loss(kernel_fn: Callable, config: KIPConfig) -> Callable:
   return loss
 
 
-def _global_norm(tree) -> jax.Array:
-  """:math:`\\sqrt{\\sum_i \\lVert g_i \\rVert^2}` over the leaves (``optax.global_norm`` is deprecated)."""
-  return jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree_util.tree_leaves(tree)))
-
-
 def make_step(kernel_fn: Callable, optimizer: optax.GradientTransformation,
               config: KIPConfig) -> Callable:
   """Builds the jitted ``step(state, data, key) -> (state, metrics)``.
@@ -255,7 +250,7 @@ def make_step(kernel_fn: Callable, optimizer: optax.GradientTransformation,
     (_, metrics), grads = grad_fn(state.params, state.fixed, x_t, y_t, k_aug)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {**metrics, "grad_norm": _global_norm(grads)}
+    metrics = {**metrics, "grad_norm": optax.tree_utils.tree_norm(grads)}
     return KIPState(params, state.fixed, opt_state, state.step + 1), metrics
 
   return step
