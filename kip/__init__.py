@@ -9,14 +9,14 @@ Quick start::
   distilled.save("distilled.npz")
 """
 
-from kip import data, evaluate, kernels, krr
+from kip import data, evaluate, kernels, krr, methods
 from kip._src.distill import KIPConfig, KIPState, distill, label_solve
 from kip._src.distilled import DistilledSet
 
 __version__ = "0.1.0"
 
 __all__ = ["DistilledSet", "KIPConfig", "KIPState", "data", "distill", "evaluate", "kernels",
-           "krr", "label_solve", "__version__"]
+           "krr", "label_solve", "methods", "__version__"]
 
 
 def __getattr__(name):  # heavier modules (Flax) load on first use

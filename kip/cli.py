@@ -1,27 +1,50 @@
-"""Command line: ``kip distill``, ``kip evaluate``, ``kip show``.
+"""Command line: ``kip distill``, ``kip evaluate``, ``kip show``, ``kip methods``.
 
 This is the edge where configuration is built (argparse -> frozen configs) and where the
 environment (``KIP_DATA_DIR``, logging to a file) is read; library code below takes arguments.
+Defaults of method hyperparameters come from the config classes (one place per default).
+
+A run folder (``--out``) is a unit: a run refuses to start in a folder that holds another
+run's results or checkpoint unless ``--resume`` (continue it) or ``--overwrite`` (move the old
+files aside into ``OUT/previous-<time>/``) is given. The result is written first, atomically;
+the KRR evaluation, the PNG and ``summary.json`` follow.
+
+Errors are one line on stderr (``--debug`` shows the traceback): bad values exit 2, missing
+files, I/O errors and divergence exit 1, Ctrl-C exits 130 (the checkpoint is kept).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
+import shlex
 import sys
-from typing import Optional, Sequence
+import time
+import typing
+from typing import Any, Optional, Sequence
 
 __all__ = ["main", "build_parser"]
 
 logger = logging.getLogger("kip.cli")
 
+RESULT_FILES = ("distilled.npz", "distilled.npz.json", "distilled.png", "summary.json",
+                "checkpoint.npz", "checkpoint.prev.npz")
+
+
+def _version() -> str:
+  import importlib.metadata as md
+  try:
+    return md.version("kip")
+  except md.PackageNotFoundError:  # pragma: no cover - running from a source tree
+    return "unknown"
+
 
 def _setup_logging(out_dir: Optional[str], verbose: bool) -> None:
   handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
   if out_dir:
-    os.makedirs(out_dir, exist_ok=True)
     handlers.append(logging.FileHandler(os.path.join(out_dir, "kip.log")))
   level = logging.DEBUG if verbose else logging.INFO
   logging.basicConfig(level=level, handlers=handlers,
@@ -31,102 +54,342 @@ def _setup_logging(out_dir: Optional[str], verbose: bool) -> None:
     logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+# ------------------------------------------------------------------------------ parser
+def _kip_defaults():
+  from kip._src.methods.kip import KIPConfig
+  return KIPConfig()
+
+
+def _count(minimum: int):
+  def parse(text: str) -> int:
+    try:
+      value = int(text)
+    except ValueError:
+      raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < minimum:
+      raise argparse.ArgumentTypeError(f"{value} must be >= {minimum}")
+    return value
+  return parse
+
+
+def _positive_float(text: str) -> float:
+  try:
+    value = float(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+  if not (value > 0 and value != float("inf")):
+    raise argparse.ArgumentTypeError(f"{value} must be a finite number > 0")
+  return value
+
+
+def _nonneg_float(text: str) -> float:
+  try:
+    value = float(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+  if not (value >= 0 and value != float("inf")):
+    raise argparse.ArgumentTypeError(f"{value} must be a finite number >= 0")
+  return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="kip", description="Kernel-based dataset distillation.")
-  p.add_argument("-v", "--verbose", action="store_true")
+  from kip._src import registry
+  fmt = argparse.ArgumentDefaultsHelpFormatter
+  kd = _kip_defaults()
+  p = argparse.ArgumentParser(prog="kip", description="Kernel-based dataset distillation.",
+                              formatter_class=fmt)
+  p.add_argument("--version", action="version", version=f"kip {_version()}")
+  p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+  p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
   sub = p.add_subparsers(dest="command", required=True)
 
-  d = sub.add_parser("distill", help="distil a data set with KIP or LS")
-  d.add_argument("--dataset", default="fashion_mnist")
-  d.add_argument("--data-dir", default=None, help="folder with the data files "
-                 "(default: $KIP_DATA_DIR, then the Debian package's folder, then TFDS)")
-  d.add_argument("--preprocess", default="standardize", choices=["none", "standardize", "zca"])
-  d.add_argument("--zca-reg", type=float, default=0.1)
+  d = sub.add_parser("distill", help="distil a data set with any registered method",
+                     formatter_class=fmt)
+  d.add_argument("--method", default="kip", choices=registry.names(),
+                 help="distillation method (see `kip methods`)")
+  d.add_argument("--mode", default=None, choices=["kip", "ls"],
+                 help="shorthand for --method kip / --method ls")
+  d.add_argument("--dataset", default="fashion_mnist", help="data set name")
+  d.add_argument("--data-dir", default=None, help="folder with the data files (default: "
+                 "$KIP_DATA_DIR, then the Debian package's folder, then TFDS)")
+  d.add_argument("--preprocess", default="standardize", choices=["none", "standardize", "zca"],
+                 help="preprocessing fitted on the training split")
+  d.add_argument("--zca-reg", type=_nonneg_float, default=0.1, help="ZCA regularisation")
   g = d.add_mutually_exclusive_group()
-  g.add_argument("--support-size", type=int, default=None, help="total support images")
-  g.add_argument("--images-per-class", type=int, default=None)
-  d.add_argument("--mode", default="kip", choices=["kip", "ls"])
-  d.add_argument("--kernel", default="fc", choices=["fc", "convnet"])
-  d.add_argument("--depth", type=int, default=None, help="kernel depth (default: preset's)")
-  d.add_argument("--get", default="ntk", choices=["ntk", "nngp"])
-  d.add_argument("--steps", type=int, default=1000)
-  d.add_argument("--lr", type=float, default=0.01)
-  d.add_argument("--target-batch-size", type=int, default=1000)
-  d.add_argument("--reg", type=float, default=1e-6)
-  d.add_argument("--no-learn-labels", action="store_true")
-  d.add_argument("--augment", default=None, choices=["flip", "crop", "flip_crop"])
-  d.add_argument("--seed", type=int, default=0)
-  d.add_argument("--eval-every", type=int, default=100)
-  d.add_argument("--eval-size", type=int, default=1000)
-  d.add_argument("--checkpoint-every", type=int, default=100)
-  d.add_argument("--memory-budget-gb", type=float, default=2.0)
-  d.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
-  d.add_argument("--out", required=True, help="output folder")
-  d.add_argument("--no-progress", action="store_true")
+  g.add_argument("--support-size", type=_count(1), default=None,
+                 help="total support images (default: 10 per class)")
+  g.add_argument("--images-per-class", type=_count(1), default=None,
+                 help="support images per class")
+  d.add_argument("--steps", type=_count(1), default=None,
+                 help="steps (default: the method config's)")
+  d.add_argument("--seed", type=_count(0), default=0, help="PRNG seed")
+  d.add_argument("--time-budget", type=_positive_float, default=None,
+                 help="seconds of optimisation before a clean stop with a checkpoint")
+  k = d.add_argument_group("kernel methods (kip, ls)")
+  k.add_argument("--kernel", default="fc", choices=["fc", "convnet", "convnet3", "convnet_rf",
+                                                    "fc_rf"],
+                 help="fc, the KIP ConvNet (4 convs), ConvNet3 (3 convs), or a random-feature "
+                      "estimate")
+  k.add_argument("--depth", type=_count(0), default=None, help="kernel depth (default: "
+                 "preset's)")
+  k.add_argument("--get", default=kd.get, choices=["ntk", "nngp"], help="kernel type")
+  k.add_argument("--lr", type=_positive_float, default=kd.learning_rate,
+                 help="learning rate (KIP; other methods: --option)")
+  k.add_argument("--target-batch-size", type=_count(1), default=kd.target_batch_size,
+                 help="targets per KIP step")
+  k.add_argument("--reg", type=_nonneg_float, default=kd.reg, help="relative ridge")
+  k.add_argument("--no-learn-labels", action="store_true", help="keep the labels fixed")
+  k.add_argument("--augment", default=kd.augment, choices=["flip", "crop", "flip_crop"],
+                 help="augment the support at each KIP step")
+  k.add_argument("--loss", default=kd.loss, choices=["mse", "platt"], help="KIP outer loss")
+  k.add_argument("--labels", default=kd.labels, choices=["centred", "one_hot"],
+                 help="label encoding (reference: centred)")
+  k.add_argument("--target-sampling", default=kd.target_sampling,
+                 choices=["without_replacement", "with_replacement"],
+                 help="how KIP draws its class-balanced targets")
+  k.add_argument("--rf-width", type=_count(1), default=None,
+                 help="random-feature kernels: channels of the drawn networks")
+  k.add_argument("--rf-models", type=_count(1), default=None,
+                 help="random-feature kernels: networks drawn per step")
+  k.add_argument("--memory-budget-gb", type=_positive_float, default=2.0,
+                 help="memory per kernel block")
+  d.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
+                 help="any field of the method's config (repeatable), e.g. --option "
+                      "learning_rate=0.1")
+  d.add_argument("--eval-every", type=_count(0), default=100,
+                 help="steps between test evaluations (0: none)")
+  d.add_argument("--eval-size", type=_count(1), default=1000,
+                 help="test images of those evaluations")
+  d.add_argument("--checkpoint-every", type=_count(0), default=100,
+                 help="steps between checkpoints (0: at the end and on Ctrl-C)")
+  d.add_argument("--resume", action="store_true", help="continue the run in --out")
+  d.add_argument("--overwrite", action="store_true",
+                 help="replace the run in --out (old files moved to OUT/previous-<time>/)")
+  d.add_argument("--out", required=True, help="output folder (a run folder)")
+  d.add_argument("--no-progress", action="store_true", help="no progress output")
 
-  e = sub.add_parser("evaluate", help="evaluate a distilled set (KRR and/or networks)")
-  e.add_argument("path")
-  e.add_argument("--data-dir", default=None)
-  e.add_argument("--model", default=None, help="also train networks: convnet, kip_convnet, fc, "
-                 "lenet, alexnet, resnet")
+  e = sub.add_parser("evaluate", help="evaluate a distilled set (KRR and/or networks)",
+                     formatter_class=fmt)
+  e.add_argument("path", help="distilled .npz")
+  e.add_argument("--data-dir", default=None, help="folder with the data files")
+  e.add_argument("--kernel", default=None, help="KRR with this kernel (fc, convnet, "
+                 "convnet3; default: the set's own kernel, if any)")
+  e.add_argument("--model", default=None, help="also train networks: convnet, kip_convnet, "
+                 "fc, lenet, alexnet, resnet")
   e.add_argument("--recipe", default=None, help="kip or dc (default: kip for kip/ls sets)")
-  e.add_argument("--restarts", type=int, default=10)
-  e.add_argument("--steps", type=int, default=None, help="override the recipe's steps")
-  e.add_argument("--seed", type=int, default=0)
-  e.add_argument("--num-test", type=int, default=None)
-  e.add_argument("--no-progress", action="store_true")
+  e.add_argument("--restarts", type=_count(1), default=10, help="networks trained")
+  e.add_argument("--steps", type=_count(1), default=None, help="override the recipe's steps")
+  e.add_argument("--seed", type=_count(0), default=0, help="PRNG seed")
+  e.add_argument("--num-test", type=_count(1), default=None, help="test images (default all)")
+  e.add_argument("--no-progress", action="store_true", help="no progress output")
 
-  s = sub.add_parser("show", help="write a PNG grid of a distilled set")
-  s.add_argument("path")
-  s.add_argument("--out", default=None, help="PNG path (default: next to the .npz)")
-  s.add_argument("--max-images", type=int, default=100)
+  s = sub.add_parser("show", help="write a PNG grid of a distilled set", formatter_class=fmt)
+  s.add_argument("path", help="distilled .npz, or a run folder holding distilled.npz")
+  s.add_argument("--out", default=None, help="PNG path or folder (default: next to the .npz)")
+  s.add_argument("--max-images", type=_count(1), default=100, help="images shown")
+
+  sub.add_parser("methods", help="list the registered methods", formatter_class=fmt)
   return p
 
 
+# ------------------------------------------------------------------------------ helpers
 def _load_dataset(name, data_dir, preprocess="standardize", zca_reg=0.1):
   from kip import data
   return data.load(name, data_dir=data_dir, preprocess=preprocess, zca_reg=zca_reg)
 
 
-def _cmd_distill(args) -> int:
-  import kip
+def _kernel(args):
   from kip import kernels
-
-  _setup_logging(args.out, args.verbose)
-  ds = _load_dataset(args.dataset, args.data_dir, args.preprocess, args.zca_reg)
-  if args.support_size is None and args.images_per_class is None:
-    args.support_size = 10 * ds.num_classes
   budget = int(args.memory_budget_gb * 1024 ** 3)
-  kw = {} if args.depth is None else {"depth": args.depth}
-  kernel = (kernels.fc if args.kernel == "fc" else kernels.convnet)(memory_budget=budget, **kw)
+  kw: dict[str, Any] = {} if args.depth is None else {"depth": args.depth}
+  name = args.kernel
+  if name in ("fc_rf", "convnet_rf"):
+    if args.rf_width is not None:
+      kw["width"] = args.rf_width
+    if args.rf_models is not None:
+      kw["num_models"] = args.rf_models
+    return getattr(kernels, name)(**kw)
+  if args.rf_width is not None or args.rf_models is not None:
+    raise ValueError(f"--rf-width/--rf-models apply to random-feature kernels (convnet_rf, "
+                     f"fc_rf), not --kernel {name}.")
+  if name == "fc":
+    return kernels.fc(memory_budget=budget, **kw)
+  return kernels.convnet(memory_budget=budget, prepend_conv=(name == "convnet"), **kw)
+
+
+def _parse_value(text: str, annotation: Any) -> Any:
+  """A ``--option`` value converted to the config field's type."""
+  hint = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
+  low = text.strip().lower()
+  if low in ("none", "null"):
+    return None
+  if "bool" in str(hint):
+    if low in ("true", "1", "yes"):
+      return True
+    if low in ("false", "0", "no"):
+      return False
+    raise ValueError(f"{text!r} is not a boolean (true/false).")
   try:
-    distilled = kip.distill(
-        ds, args.support_size, not args.no_learn_labels, images_per_class=args.images_per_class,
-        kernel=kernel, get=args.get, steps=args.steps, learning_rate=args.lr,
-        target_batch_size=args.target_batch_size, reg=args.reg, seed=args.seed,
-        augment=args.augment, mode=args.mode, checkpoint_dir=args.out,
-        checkpoint_every=args.checkpoint_every, resume=args.resume, eval_every=args.eval_every,
-        eval_size=args.eval_size, progress=not args.no_progress)
+    return json.loads(text)
+  except json.JSONDecodeError:
+    return text
+
+
+def _options(method_name: str, pairs: Sequence[str]) -> dict[str, Any]:
+  from kip._src import registry
+  cls = registry.get(method_name).config_class
+  fields = {f.name: f for f in dataclasses.fields(cls)}
+  hints = typing.get_type_hints(cls) if hasattr(cls, "__annotations__") else {}
+  out = {}
+  for pair in pairs:
+    if "=" not in pair:
+      raise ValueError(f"--option {pair!r}: write NAME=VALUE (fields of {cls.__name__}: "
+                       f"{sorted(fields)}).")
+    name, value = pair.split("=", 1)
+    name = name.strip().replace("-", "_")
+    if name not in fields:
+      raise ValueError(f"--option {name}: {cls.__name__} has no such field; its fields are "
+                       f"{sorted(fields)}.")
+    value = _parse_value(value, hints.get(name, fields[name].type))
+    if isinstance(value, list):
+      value = tuple(value)
+    out[name] = value
+  return out
+
+
+def _existing_results(out: str) -> list[str]:
+  if not os.path.isdir(out):
+    return []
+  return [f for f in RESULT_FILES if os.path.exists(os.path.join(out, f))]
+
+
+def _prepare_out(args) -> None:
+  """Makes ``--out`` a run folder this run may use (see the module docstring)."""
+  out = args.out
+  if os.path.exists(out) and not os.path.isdir(out):
+    raise ValueError(f"--out {out} is a file, not a folder; give a folder path.")
+  if args.resume and args.overwrite:
+    raise ValueError("--resume and --overwrite exclude each other: --resume continues the run "
+                     f"in {out}, --overwrite replaces it.")
+  found = _existing_results(out)
+  if found and not (args.resume or args.overwrite):
+    raise ValueError(f"{out} already holds a run ({', '.join(found)}); add --resume to "
+                     "continue it or --overwrite to replace it (the old files are moved to "
+                     f"{os.path.join(out, 'previous-<time>')}/), or choose another --out.")
+  if args.resume and found and "checkpoint.npz" not in found and \
+      "checkpoint.prev.npz" not in found:
+    raise ValueError(f"{out} holds results ({', '.join(found)}) but no checkpoint to resume; "
+                     "use --overwrite to replace them.")
+  os.makedirs(out, exist_ok=True)
+  if not os.access(out, os.W_OK):
+    raise PermissionError(f"--out {out} is not writable; choose another folder.")
+  if found and args.overwrite:
+    aside = os.path.join(out, time.strftime("previous-%Y%m%d-%H%M%S"))
+    os.makedirs(aside, exist_ok=True)
+    for f in found + (["kip.log"] if os.path.exists(os.path.join(out, "kip.log")) else []):
+      os.replace(os.path.join(out, f), os.path.join(aside, f))
+    args._moved_aside = aside
+
+
+def _write_json(path: str, obj: Any) -> None:
+  from kip._src import io as kio
+  with kio.atomic_write(path, "w") as f:
+    json.dump(obj, f, indent=2, default=str)
+
+
+# ------------------------------------------------------------------------------ commands
+def _cmd_distill(args, argv) -> int:
+  import jax
+
+  import kip
+  from kip._src import driver
+  from kip._src import registry
+
+  method = args.mode or args.method
+  if args.mode and args.method not in ("kip", args.mode):
+    raise ValueError(f"--mode {args.mode} and --method {args.method} disagree; give one.")
+  _prepare_out(args)
+  _setup_logging(args.out, args.verbose)
+  from kip._src.distilled import library_versions
+  logger.info("=" * 20 + " kip %s run " + "=" * 20, method)
+  logger.info("command: %s", " ".join(shlex.quote(a) for a in ["kip", *argv]))
+  logger.info("versions: %s", json.dumps(library_versions()))
+  if getattr(args, "_moved_aside", None):
+    logger.warning("--overwrite: moved the previous run's files to %s", args._moved_aside)
+  ds = _load_dataset(args.dataset, args.data_dir, args.preprocess, args.zca_reg)
+  if args.support_size is not None:
+    from kip._src.methods.kip import resolve_images_per_class
+    ipc = resolve_images_per_class(ds.num_classes, args.support_size)
+  else:
+    ipc = args.images_per_class or 10
+  options = _options(method, args.option)
+  components: dict[str, Any] = {}
+  if method == "kip":
+    kd = _kip_defaults()
+    options = {"learn_labels": not args.no_learn_labels, "get": args.get, "reg": args.reg,
+               "target_batch_size": args.target_batch_size, "learning_rate": args.lr,
+               "augment": args.augment, "loss": args.loss, "labels": args.labels,
+               "target_sampling": args.target_sampling,
+               "steps": args.steps or kd.steps, **options}
+    components = {"kernel_fn": _kernel(args), "eval_size": args.eval_size,
+                  "eval_seed": args.seed}
+  elif method == "ls":
+    options = {"get": args.get, "reg": args.reg, "labels": args.labels, **options}
+    components = {"kernel_fn": _kernel(args)}
+  elif args.steps is not None:
+    options["steps"] = args.steps
+  config = registry.make_config(method, ipc, **options)
+  algorithm = registry.make(method, config, **components)
+  logger.info("config: %s %s", type(config).__name__, json.dumps(config.to_dict(), default=str))
+  logger.info("data: %s", json.dumps(driver.dataset_fingerprint(ds)))
+  try:
+    distilled = driver.run(
+        algorithm, ds, args.steps or algorithm.default_steps, key=args.seed,
+        checkpoint_dir=args.out, checkpoint_every=args.checkpoint_every,
+        resume=args.resume, overwrite=args.overwrite, eval_every=args.eval_every,
+        time_budget=args.time_budget, progress=not args.no_progress)
   except KeyboardInterrupt:
     logger.warning("interrupted: run again with --resume to continue from %s",
                    os.path.join(args.out, "checkpoint.npz"))
     return 130
   path = os.path.join(args.out, "distilled.npz")
-  distilled.save(path)
-  acc = kip.evaluate.kernel_accuracy(distilled, ds)
-  distilled.grid(os.path.join(args.out, "distilled.png"), class_names=ds.class_names)
+  distilled.save(path)  # first: nothing after this can lose the result
+  meta = distilled.metadata
   summary = {"dataset": ds.name, "method": distilled.method, "support_size": len(distilled),
-             "kernel": distilled.metadata["kernel"], "krr_test_accuracy": acc,
-             "seconds": distilled.metadata.get("seconds")}
-  from kip._src import io as kio
-  with kio.atomic_write(os.path.join(args.out, "summary.json"), "w") as f:
-    json.dump(summary, f, indent=2)
-  logger.info("KRR test accuracy %.4f on %d test images; wrote %s", acc, len(ds.y_test), path)
-  print(json.dumps(summary))
+             "images_per_class": ipc, "config": config.to_dict(),
+             "preprocessing": {"kind": args.preprocess, "zca_reg": args.zca_reg},
+             "seed": args.seed, "steps": meta.get("steps"),
+             "requested_steps": meta.get("requested_steps"),
+             "stopped_early": meta.get("stopped_early"), "seconds": meta.get("seconds"),
+             "data_fingerprint": meta.get("fingerprint", {}).get("data"),
+             "kernel": meta.get("kernel"), "versions": meta.get("versions")}
+  _write_json(os.path.join(args.out, "summary.json"), summary)
+  if method in ("kip", "ls") or meta.get("kernel"):
+    kernel = components.get("kernel_fn") if method in ("kip", "ls") else None
+    if kernel is not None and getattr(kernel, "features", None) is not None:
+      kernel = None  # a random-feature set is scored with its exact counterpart below
+    try:
+      acc = kip.evaluate.kernel_accuracy(distilled, ds, kernel)
+    except ValueError as e:  # e.g. a set without a kernel of its own
+      logger.info("no KRR evaluation: %s", e)
+    else:
+      summary["krr_test_accuracy"] = acc
+      logger.info("KRR test accuracy %.4f on %d test images", acc, len(ds.y_test))
+  else:
+    from kip import kernels
+    acc = kip.evaluate.kernel_accuracy(distilled, ds, kernels.fc(depth=3))
+    summary["krr_test_accuracy_fc3"] = acc
+    logger.info("KRR test accuracy (FC-3 NTK) %.4f on %d test images", acc, len(ds.y_test))
+  _write_json(os.path.join(args.out, "summary.json"), summary)
+  distilled.grid(os.path.join(args.out, "distilled.png"), class_names=ds.class_names)
+  logger.info("wrote %s", path)
+  del jax
+  print(json.dumps({k: summary[k] for k in summary if k not in ("versions", "config")},
+                   default=str))
   return 0
 
 
-def _cmd_evaluate(args) -> int:
+def _cmd_evaluate(args, argv) -> int:
   import kip
 
   _setup_logging(None, args.verbose)
@@ -137,9 +400,19 @@ def _cmd_evaluate(args) -> int:
   result = {"path": args.path, "dataset": ds.name, "method": distilled.method,
             "support_size": len(distilled)}
   spec = distilled.metadata.get("kernel", {})
-  if isinstance(spec, dict) and spec.get("architecture") in ("fc", "convnet"):
-    result["krr_test_accuracy"] = kip.evaluate.kernel_accuracy(distilled, ds,
-                                                                num_test=args.num_test)
+  kernel = None
+  if args.kernel is not None:
+    from kip import kernels
+    if args.kernel == "fc":
+      kernel = kernels.fc(depth=3)
+    elif args.kernel in ("convnet", "convnet3"):
+      kernel = kernels.convnet(prepend_conv=args.kernel == "convnet")
+    else:
+      raise ValueError(f"--kernel {args.kernel!r}; use fc, convnet or convnet3.")
+  if kernel is not None or (isinstance(spec, dict) and spec.get("architecture") in
+                            ("fc", "convnet")):
+    result["krr_test_accuracy"] = kip.evaluate.kernel_accuracy(
+        distilled, ds, kernel, num_test=args.num_test, **_progress_kw(args))
   if args.model:
     from kip import transfer
     recipe = args.recipe or ("kip" if distilled.method in ("kip", "ls") else "dc")
@@ -152,26 +425,66 @@ def _cmd_evaluate(args) -> int:
   return 0
 
 
-def _cmd_show(args) -> int:
+def _progress_kw(args) -> dict:
+  import inspect
+
+  import kip
+  params = inspect.signature(kip.evaluate.kernel_accuracy).parameters
+  return {"progress": not args.no_progress} if "progress" in params else {}
+
+
+def _cmd_show(args, argv) -> int:
   import kip
   _setup_logging(None, args.verbose)
-  distilled = kip.DistilledSet.load(args.path)
-  out = args.out or os.path.splitext(args.path)[0] + ".png"
+  path = args.path
+  if os.path.isdir(path):
+    path = os.path.join(path, "distilled.npz")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} does not exist; give a distilled .npz or a run folder "
+                            "holding distilled.npz.")
+  distilled = kip.DistilledSet.load(path)
+  out = args.out or os.path.splitext(path)[0] + ".png"
+  if os.path.isdir(out) or out.endswith(os.sep):
+    out = os.path.join(out, os.path.splitext(os.path.basename(path))[0] + ".png")
   names = distilled.metadata.get("class_names")
   distilled.grid(out, class_names=names, max_images=args.max_images)
   print(out)
   return 0
 
 
+def _cmd_methods(args, argv) -> int:
+  from kip._src import registry
+  for m in registry.METHODS.values():
+    print(f"{m.name:12s} {m.description}")
+  return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
   args = build_parser().parse_args(argv)
+  commands = {"distill": _cmd_distill, "evaluate": _cmd_evaluate, "show": _cmd_show,
+              "methods": _cmd_methods}
   try:
-    return {"distill": _cmd_distill, "evaluate": _cmd_evaluate, "show": _cmd_show}[
-        args.command](args)
-  except (ValueError, FileNotFoundError) as e:
-    logging.getLogger("kip.cli").error("%s", e)
-    print(f"kip: error: {e}", file=sys.stderr)
-    return 2
+    return commands[args.command](args, argv)
+  except KeyboardInterrupt:
+    print("kip: interrupted", file=sys.stderr)
+    return 130
+  except (ValueError, ImportError) as e:
+    code = 2
+    err = e
+  except (FileNotFoundError, FloatingPointError, OSError) as e:
+    code = 1
+    err = e
+  if args.debug:
+    raise err
+  message = str(err).strip() or type(err).__name__
+  if not isinstance(err, FloatingPointError):  # divergence is logged by the driver already
+    record = logger.makeRecord(logger.name, logging.ERROR, __file__, 0, "%s", (message,), None)
+    for h in logging.getLogger().handlers:  # into kip.log; stderr gets the line below
+      if isinstance(h, logging.FileHandler):
+        h.emit(record)
+  print(f"kip: error: {message}", file=sys.stderr)
+  return code
 
 
 if __name__ == "__main__":

@@ -10,21 +10,35 @@ collection, so a training step calls
 statistics; evaluation (``train=False``) uses the running averages. Every other model is
 stateless and ``train`` has no effect on it.
 
-Initialisation. ``param_init='torch'`` (the default) reproduces PyTorch's default ``Conv2d`` /
-``Linear`` initialisation, :math:`W, b \\sim U(-1/\\sqrt{\\mathrm{fan\\_in}},
-1/\\sqrt{\\mathrm{fan\\_in}})`, because the DC / DSA / DM and DD reference numbers were
-produced by PyTorch networks. ``param_init='gaussian'`` draws
-:math:`W \\sim \\mathcal{N}(0, \\sigma_w^2/\\mathrm{fan\\_in})`, :math:`b \\sim \\mathcal{N}(0,
-\\sigma_b^2)`: the standard-parameterisation network whose infinite-width limit is the
-KIP ConvNet kernel with ``W_std = w_std``, ``b_std = b_std`` (Nguyen et al., 2021).
+Initialisation (``param_init``), with :math:`f_\\mathrm{in}` / :math:`f_\\mathrm{out}` the
+fan-in / fan-out (kernel area times input / output channels for a convolution):
+
+* ``'torch'`` (the default): PyTorch's default ``Conv2d`` / ``Linear`` initialisation,
+  :math:`W, b \\sim U(-1/\\sqrt{f_\\mathrm{in}}, 1/\\sqrt{f_\\mathrm{in}})`. The DC / DSA / DM
+  reference code (VICO-UoE/DatasetCondensation ``networks.py``) builds its networks with
+  PyTorch's defaults and never re-initialises them.
+* ``'xavier'``: :math:`W \\sim \\mathcal{N}(0, 2 / (f_\\mathrm{in} + f_\\mathrm{out}))`,
+  :math:`b = 0`: the Dataset Distillation reference (SsnL/dataset-distillation
+  ``networks/utils.py``, ``--init xavier --init_param 1``: ``xavier_normal_(gain=1)``, zero
+  bias).
+* ``'gaussian'``: :math:`W \\sim \\mathcal{N}(0, \\sigma_w^2/f_\\mathrm{in})`,
+  :math:`b \\sim \\mathcal{N}(0, \\sigma_b^2)`: neural-tangents' ``parameterization='standard'``
+  initialisation, used by the KIP transfer notebook (google-research ``kip/nn_training.ipynb``)
+  with ``W_std = sqrt(2)``, ``b_std = 0.1``.
 
 Presets (:func:`get_model`):
 
 * ``'convnet'``: ConvNet-3 of DC / DSA / DM (Zhao et al., 2021): width 128, depth 3,
-  instance norm, average pooling.
-* ``'kip_convnet'``: the KIP transfer network: width 1024, depth 3, no normalisation,
-  average pooling, ``param_init='gaussian'`` with ``w_std = sqrt(2)``, ``b_std = 0.1``.
-* ``'fc'``, ``'lenet'``, ``'alexnet'`` (the small AlexNet of Wang et al., 2018), ``'resnet'``.
+  instance norm, average pooling, and the reference geometry (``padding='dc'``): on 1-channel
+  input the first convolution pads by 3, so 28x28 images give 32/16/8/4 maps and 2,048
+  features at width 128.
+* ``'kip_convnet'``: the "ConvNet" of the KIP transfer notebook: a conv 3x3 + ReLU, then
+  3 x [conv 3x3, ReLU, 2x2 average pool], flatten, dense; width 1024, no normalisation, SAME
+  padding throughout, ``param_init='gaussian'`` with ``w_std = sqrt(2)``, ``b_std = 0.1``.
+* ``'kip_convnet3'``: the notebook's "ConvNet3": ``'kip_convnet'`` without the leading
+  conv + ReLU (``prepend_conv=False``).
+* ``'fc'``, ``'lenet'`` (reference geometry on 28x28 and 32x32 images), ``'alexnet'`` (the
+  small AlexNet of Wang et al., 2018), ``'resnet'``.
 """
 
 from __future__ import annotations
@@ -40,7 +54,9 @@ __all__ = ["ConvNet", "FC", "LeNet", "AlexNetSmall", "ResNet", "get_model", "MOD
 
 _NORMS = ("instance", "batch", "none")
 _POOLINGS = ("avg", "max")
-_INITS = ("torch", "gaussian")
+_INITS = ("torch", "gaussian", "xavier")
+_CONVNET_PADDINGS = ("dc", "same")
+_LENET_PADDINGS = ("reference", "same")
 _ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": nn.relu,
     "leaky_relu": lambda x: nn.leaky_relu(x, 0.01),  # PyTorch's default slope, as in DC
@@ -59,25 +75,32 @@ def _uniform(limit: float) -> Callable:
   return init
 
 
-def _initializers(init: str, fan_in: int, w_std: float, b_std: float):
-  """(kernel_init, bias_init) for a layer with ``fan_in`` inputs."""
+def _initializers(init: str, fan_in: int, fan_out: int, w_std: float, b_std: float):
+  """(kernel_init, bias_init) for a layer with ``fan_in`` inputs and ``fan_out`` outputs."""
   if init == "torch":
     limit = 1.0 / math.sqrt(fan_in)
     return _uniform(limit), _uniform(limit)
+  if init == "xavier":  # torch.nn.init.xavier_normal_(gain=1), zero bias
+    return nn.initializers.normal(math.sqrt(2.0 / (fan_in + fan_out))), nn.initializers.zeros
   return (nn.initializers.normal(w_std / math.sqrt(fan_in)), nn.initializers.normal(b_std))
 
 
 def _conv(x, features: int, kernel: int, *, init: str = "torch", w_std: float = 1.0,
-          b_std: float = 0.0, strides: int = 1, use_bias: bool = True, name: str | None = None):
+          b_std: float = 0.0, strides: int = 1, padding: str | int = "SAME",
+          use_bias: bool = True, name: str | None = None):
+  """``kernel`` x ``kernel`` convolution; ``padding`` is ``'SAME'``, ``'VALID'`` or an int
+  (zeros on every side, PyTorch's ``Conv2d(padding=p)``)."""
   fan_in = kernel * kernel * x.shape[-1]
-  k_init, b_init = _initializers(init, fan_in, w_std, b_std)
-  return nn.Conv(features, (kernel, kernel), strides=(strides, strides), padding="SAME",
+  k_init, b_init = _initializers(init, fan_in, kernel * kernel * features, w_std, b_std)
+  if isinstance(padding, int):
+    padding = ((padding, padding), (padding, padding))
+  return nn.Conv(features, (kernel, kernel), strides=(strides, strides), padding=padding,
                  use_bias=use_bias, kernel_init=k_init, bias_init=b_init, name=name)(x)
 
 
 def _dense(x, features: int, *, init: str = "torch", w_std: float = 1.0, b_std: float = 0.0,
            name: str | None = None):
-  k_init, b_init = _initializers(init, x.shape[-1], w_std, b_std)
+  k_init, b_init = _initializers(init, x.shape[-1], features, w_std, b_std)
   return nn.Dense(features, kernel_init=k_init, bias_init=b_init, name=name)(x)
 
 
@@ -99,7 +122,8 @@ def _pool2x2(x, kind: str, layer: int):
   if h < 2 or w < 2:
     raise ValueError(f"pooling layer {layer + 1} gets a {h}x{w} feature map, too small to "
                      f"halve: the network is too deep for these images. Each block halves the "
-                     f"size, so use depth <= floor(log2(min(H, W))).")
+                     f"size (after the first convolution's padding), so use fewer blocks "
+                     f"(depth) or larger images.")
   pool = nn.avg_pool if kind == "avg" else nn.max_pool
   return pool(x, (2, 2), strides=(2, 2), padding="VALID")
 
@@ -109,26 +133,38 @@ def _flatten(x):
 
 
 class ConvNet(nn.Module):
-  """ConvNet-D of DC / DSA / DM, and (with ``param_init='gaussian'``, no norm) the KIP ConvNet.
+  """ConvNet-D of DC / DSA / DM, and (``param_init='gaussian'``, no norm) the KIP ConvNet.
 
-  ``depth`` x [conv 3x3 SAME (``width`` channels) -> norm -> activation -> 2x2 pool,
-  stride 2] -> flatten -> dense(``num_classes``).
+  [conv 3x3 (``width``) -> activation, if ``prepend_conv``] -> ``depth`` x [conv 3x3
+  (``width`` channels) -> norm -> activation -> 2x2 pool, stride 2] -> flatten ->
+  dense(``num_classes``).
+
+  Geometry (``padding``). ``'dc'`` (the default) is the DC reference's
+  ``Conv2d(..., padding=3 if channel == 1 and d == 0 else 1)``: the network's first
+  convolution pads 1-channel input by 3 on every side, every other convolution by 1. A 28x28
+  grey image then becomes 32x32 after the first convolution, the blocks give 32/16/8/4 maps
+  and the classifier sees :math:`4 \cdot 4 \cdot 128 = 2048` features at width 128.
+  ``'same'`` pads every convolution by 1 (28/14/7/3 maps, 1,152 features; the geometry this
+  library used before, and the only one for 3-channel input, where both agree).
 
   Attributes:
     num_classes: number of output logits.
     width: channels of every conv layer.
-    depth: number of conv blocks; each halves the spatial size (VALID pooling), so
-      ``depth <= floor(log2(min(H, W)))`` (8x8 digits take depth <= 3).
+    depth: number of pooled conv blocks; each halves the spatial size (VALID pooling, odd
+      sizes round down).
     norm: ``'instance'`` (DC's instancenorm: ``GroupNorm`` with one group per channel,
       affine), ``'batch'`` (stateful: train with ``mutable=['batch_stats']``) or ``'none'``.
     pooling: ``'avg'`` or ``'max'``.
     activation: ``'relu'``, ``'leaky_relu'`` or ``'sigmoid'``.
-    param_init: ``'torch'`` or ``'gaussian'`` (see the module docstring).
+    param_init: ``'torch'``, ``'xavier'`` or ``'gaussian'`` (see the module docstring).
     w_std, b_std: standard deviations of the ``'gaussian'`` initialisation.
+    prepend_conv: a conv 3x3 + activation (no norm, no pooling) before the blocks, as the KIP
+      notebook's ``ConvNet(prepend_conv_layer=True)``.
+    padding: ``'dc'`` or ``'same'`` (see above).
 
-  Reference: Zhao, Mopuri, Bilen, "Dataset Condensation with Gradient Matching", ICLR 2021;
-  Nguyen, Novak, Xiao, Lee, "Dataset Distillation with Infinitely Wide Convolutional
-  Networks", NeurIPS 2021.
+  Reference: Zhao, Mopuri, Bilen, "Dataset Condensation with Gradient Matching", ICLR 2021
+  (``networks.py``: ``ConvNet``); Nguyen, Novak, Xiao, Lee, "Dataset Distillation with
+  Infinitely Wide Convolutional Networks", NeurIPS 2021 (``kip/nn_training.ipynb``).
   """
   num_classes: int
   width: int = 128
@@ -139,12 +175,15 @@ class ConvNet(nn.Module):
   param_init: str = "torch"
   w_std: float = math.sqrt(2.0)
   b_std: float = 0.1
+  prepend_conv: bool = False
+  padding: str = "dc"
 
   def __post_init__(self):
     _check_choice("norm", self.norm, _NORMS)
     _check_choice("pooling", self.pooling, _POOLINGS)
     _check_choice("activation", self.activation, tuple(_ACTIVATIONS))
     _check_choice("param_init", self.param_init, _INITS)
+    _check_choice("padding", self.padding, _CONVNET_PADDINGS)
     if self.depth < 1 or self.width < 1 or self.num_classes < 1:
       raise ValueError(f"ConvNet needs depth, width, num_classes >= 1; got depth={self.depth}, "
                        f"width={self.width}, num_classes={self.num_classes}.")
@@ -154,8 +193,13 @@ class ConvNet(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     act = _ACTIVATIONS[self.activation]
     init = dict(init=self.param_init, w_std=self.w_std, b_std=self.b_std)
+    # The reference pads its first convolution by 3 on grey images (28x28 -> 32x32).
+    first_pad = 3 if (self.padding == "dc" and x.shape[-1] == 1) else 1
+    if self.prepend_conv:
+      x = act(_conv(x, self.width, 3, padding=first_pad, name="conv_in", **init))
+      first_pad = 1
     for d in range(self.depth):
-      x = _conv(x, self.width, 3, name=f"conv{d}", **init)
+      x = _conv(x, self.width, 3, padding=first_pad if d == 0 else 1, name=f"conv{d}", **init)
       x = _norm(x, self.norm, train, name=f"norm{d}")
       x = act(x)
       x = _pool2x2(x, self.pooling, d)
@@ -196,22 +240,51 @@ class FC(nn.Module):
 
 
 class LeNet(nn.Module):
-  """LeNet-5 as used by DC and DD, with SAME convolutions so 8x8 to 32x32 inputs all work.
+  """LeNet-5 as used by DC and DD.
 
   conv 5x5 (6) -> ReLU -> 2x2 max pool -> conv 5x5 (16) -> ReLU -> 2x2 max pool ->
   dense 120 -> ReLU -> dense 84 -> ReLU -> dense(``num_classes``).
 
+  Geometry (``padding``). ``'reference'`` (the default) on the image sizes the reference
+  networks accept: 28x28 input pads the first convolution by 2, 32x32 input not at all, the
+  second convolution is VALID, so both give 5x5x16 = 400 features (SsnL/dataset-distillation
+  ``LeNet``: ``padding=2 if input_size == 28 else 0``, ``supported_dims = {28, 32}``; the DC
+  reference keys the same padding on ``channel == 1``, which agrees on MNIST-like 28x28x1 and
+  CIFAR-like 32x32x3 data). The reference networks reject every other size; there
+  ``'reference'`` falls back to ``'same'``. ``'same'``: SAME convolutions everywhere (28x28
+  gives 7x7x16 = 784 features), which works from 4x4 up and is the geometry this library
+  used before.
+
+  Attributes:
+    num_classes: number of output logits.
+    padding: ``'reference'`` or ``'same'``.
+    param_init: ``'torch'`` (DC), ``'xavier'`` (DD) or ``'gaussian'`` (see the module
+      docstring).
+
   Reference: LeCun et al., 1998; Wang et al., "Dataset Distillation", 2018.
   """
   num_classes: int
+  padding: str = "reference"
+  param_init: str = "torch"
+
+  def __post_init__(self):
+    _check_choice("padding", self.padding, _LENET_PADDINGS)
+    _check_choice("param_init", self.param_init, _INITS)
+    super().__post_init__()
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    x = _pool2x2(nn.relu(_conv(x, 6, 5, name="conv0")), "max", 0)
-    x = _pool2x2(nn.relu(_conv(x, 16, 5, name="conv1")), "max", 1)
-    x = nn.relu(_dense(_flatten(x), 120, name="dense0"))
-    x = nn.relu(_dense(x, 84, name="dense1"))
-    return _dense(x, self.num_classes, name="readout")
+    init = dict(init=self.param_init, w_std=math.sqrt(2.0), b_std=0.1)
+    size = tuple(x.shape[1:3])
+    if self.padding == "reference" and size in ((28, 28), (32, 32)):
+      pads = (2 if size == (28, 28) else "VALID", "VALID")
+    else:
+      pads = ("SAME", "SAME")
+    x = _pool2x2(nn.relu(_conv(x, 6, 5, padding=pads[0], name="conv0", **init)), "max", 0)
+    x = _pool2x2(nn.relu(_conv(x, 16, 5, padding=pads[1], name="conv1", **init)), "max", 1)
+    x = nn.relu(_dense(_flatten(x), 120, name="dense0", **init))
+    x = nn.relu(_dense(x, 84, name="dense1", **init))
+    return _dense(x, self.num_classes, name="readout", **init)
 
 
 def _local_response_norm(x, size: int = 4, alpha: float = 1e-3 / 9.0, beta: float = 0.75,
@@ -242,17 +315,26 @@ class AlexNetSmall(nn.Module):
   Attributes:
     num_classes: number of output logits.
     width2: channels of the second conv layer (64 in DD; some re-implementations use 128).
+    param_init: ``'torch'``, ``'xavier'`` (DD's default) or ``'gaussian'`` (see the module
+      docstring).
   """
   num_classes: int
   width2: int = 64
+  param_init: str = "torch"
+
+  def __post_init__(self):
+    _check_choice("param_init", self.param_init, _INITS)
+    super().__post_init__()
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    x = _local_response_norm(_max_pool3x3s2(nn.relu(_conv(x, 64, 5, name="conv0"))))
-    x = _max_pool3x3s2(_local_response_norm(nn.relu(_conv(x, self.width2, 5, name="conv1"))))
-    x = nn.relu(_dense(_flatten(x), 384, name="dense0"))
-    x = nn.relu(_dense(x, 192, name="dense1"))
-    return _dense(x, self.num_classes, name="readout")
+    init = dict(init=self.param_init, w_std=math.sqrt(2.0), b_std=0.1)
+    x = _local_response_norm(_max_pool3x3s2(nn.relu(_conv(x, 64, 5, name="conv0", **init))))
+    x = _max_pool3x3s2(_local_response_norm(nn.relu(
+        _conv(x, self.width2, 5, name="conv1", **init))))
+    x = nn.relu(_dense(_flatten(x), 384, name="dense0", **init))
+    x = nn.relu(_dense(x, 192, name="dense1", **init))
+    return _dense(x, self.num_classes, name="readout", **init)
 
 
 class _BasicBlock(nn.Module):
@@ -314,7 +396,11 @@ class ResNet(nn.Module):
 _PRESETS: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
     "convnet": (ConvNet, dict(width=128, depth=3, norm="instance", pooling="avg")),
     "kip_convnet": (ConvNet, dict(width=1024, depth=3, norm="none", pooling="avg",
-                                  param_init="gaussian", w_std=math.sqrt(2.0), b_std=0.1)),
+                                  param_init="gaussian", w_std=math.sqrt(2.0), b_std=0.1,
+                                  prepend_conv=True, padding="same")),
+    "kip_convnet3": (ConvNet, dict(width=1024, depth=3, norm="none", pooling="avg",
+                                   param_init="gaussian", w_std=math.sqrt(2.0), b_std=0.1,
+                                   prepend_conv=False, padding="same")),
     "fc": (FC, dict(width=1024, depth=2)),
     "lenet": (LeNet, {}),
     "alexnet": (AlexNetSmall, {}),
@@ -327,8 +413,8 @@ def get_model(name: str, num_classes: int, **overrides) -> nn.Module:
   """Builds a preset network.
 
   Args:
-    name: one of :data:`MODEL_NAMES` (``'convnet'``, ``'kip_convnet'``, ``'fc'``,
-      ``'lenet'``, ``'alexnet'``, ``'resnet'``).
+    name: one of :data:`MODEL_NAMES` (``'convnet'``, ``'kip_convnet'``, ``'kip_convnet3'``,
+      ``'fc'``, ``'lenet'``, ``'alexnet'``, ``'resnet'``).
     num_classes: number of output logits.
     **overrides: attributes replacing the preset's (e.g. ``width=16``).
 

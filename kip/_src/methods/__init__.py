@@ -1,0 +1,1 @@
+"""Implementations of the registered distillation methods (see kip._src.registry)."""
