@@ -106,11 +106,11 @@ def _make_sets(a, ds, rows, fc_kernel, model_kwargs, sets_dir, progress):
     elif row in ("dc", "dsa"):
       cls = kip.baselines.DCConfig if row == "dc" else kip.baselines.DSAConfig
       fn = kip.baselines.distill_dc if row == "dc" else kip.baselines.distill_dsa
-      cfg = cls(iterations=a.dc_iterations, model_kwargs=model_kwargs.get("convnet", {}))
+      cfg = cls(steps=a.dc_iterations, model_kwargs=model_kwargs.get("convnet", {}))
       s = fn(ds, a.ipc, cfg, key=a.seed, progress=progress)
       note = f"{a.dc_iterations} iterations, ConvNet {dict(cfg.model_kwargs) or 'preset'}"
     elif row == "dm":
-      cfg = kip.baselines.DMConfig(iterations=a.dm_iterations,
+      cfg = kip.baselines.DMConfig(steps=a.dm_iterations,
                                    model_kwargs=model_kwargs.get("convnet", {}))
       s = kip.baselines.distill_dm(ds, a.ipc, cfg, key=a.seed, progress=progress)
       note = f"{a.dm_iterations} iterations, ConvNet {dict(cfg.model_kwargs) or 'preset'}"

@@ -499,7 +499,7 @@ def _distill_summary(s: Mapping[str, Any]) -> str:
     return f"closed form, {k if isinstance(k, str) else k.get('architecture')} kernel"
   if algo in ("dc", "dsa", "dm"):
     mk = d.get("model_kwargs")
-    return (f"{d.get('iterations', 'default')} iterations" +
+    return (f"{d.get('steps', 'default')} steps" +
             (", " + ",".join(f"{k}={v}" for k, v in mk.items()) if mk else ""))
   if algo == "dd":
     return f"{d.get('num_steps', 1000)} outer steps, {d.get('model', 'lenet')}"

@@ -367,7 +367,8 @@ def _cmd_distill(args, argv) -> int:
   if method in ("kip", "ls") or meta.get("kernel"):
     kernel = components.get("kernel_fn") if method in ("kip", "ls") else None
     if kernel is not None and getattr(kernel, "features", None) is not None:
-      kernel = None  # a random-feature set is scored with its exact counterpart below
+      fixed = kernel.replace(fixed_seed=args.seed)  # one fixed draw of the networks
+      kernel = lambda a, b, get="nngp": fixed(a, b, "nngp")  # noqa: E731
     try:
       acc = kip.evaluate.kernel_accuracy(distilled, ds, kernel)
     except ValueError as e:  # e.g. a set without a kernel of its own

@@ -8,18 +8,21 @@ Layers compose like ``neural_tangents.stax``::
   kernel_fn = kip.kernels.kernel_function(layer)
   ntk = kernel_fn(x1, x2, 'ntk')
 
-Presets: :func:`fc` and :func:`convnet`. Any neural-tangents ``kernel_fn`` is accepted wherever
-these are.
+Presets: :func:`fc` and :func:`convnet`; their random-feature NNGP estimates (RFAD)
+:func:`fc_rf` and :func:`convnet_rf`, or :func:`random_features` of any layer. Any
+neural-tangents ``kernel_fn`` is accepted wherever these are.
 """
 
 from kip._src.kernels.engine import DEFAULT_MEMORY_BUDGET, KernelFn, block_shape, kernel_function
 from kip._src.kernels.layers import (ABRelu, Abs, AvgPool, Conv, Dense, Erf, Flatten,
                                      GlobalAvgPool, Kernel, Layer, LeakyRelu, Relu, input_kernel,
                                      serial)
-from kip._src.kernels.presets import KERNELS, convnet, fc, get_kernel
+from kip._src.kernels.presets import KERNELS, convnet, convnet_rf, fc, fc_rf, get_kernel
+from kip._src.kernels.random_features import RandomFeatureKernel, random_features
 
 __all__ = [
     "ABRelu", "Abs", "AvgPool", "Conv", "DEFAULT_MEMORY_BUDGET", "Dense", "Erf", "Flatten",
-    "GlobalAvgPool", "KERNELS", "Kernel", "KernelFn", "Layer", "LeakyRelu", "Relu",
-    "block_shape", "convnet", "fc", "get_kernel", "input_kernel", "kernel_function", "serial",
+    "GlobalAvgPool", "KERNELS", "Kernel", "KernelFn", "Layer", "LeakyRelu", "RandomFeatureKernel",
+    "Relu", "block_shape", "convnet", "convnet_rf", "fc", "fc_rf", "get_kernel", "input_kernel",
+    "kernel_function", "random_features", "serial",
 ]

@@ -18,7 +18,7 @@ pytest.importorskip("ipykernel")
 
 NOTEBOOK_DIR = pathlib.Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = ["01_kernels.ipynb", "02_kip_walkthrough.ipynb", "03_labels.ipynb",
-             "04_transfer_cross_arch.ipynb"]
+             "04_transfer_cross_arch.ipynb", "05_dd_study.ipynb"]
 CELL_TIMEOUT = 600
 
 

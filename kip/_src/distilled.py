@@ -123,7 +123,7 @@ class DistilledSet:
       raise ValueError(f"{os.fspath(path)!r} lacks arrays {sorted(missing)}.")
     prep = None
     if meta.get("preprocessing"):
-      from kip.data import Preprocessing
+      from kip._src.data.preprocess import Preprocessing
       prep = Preprocessing.from_arrays(
           {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("preprocessing/")})
     return cls(images=arrays["images"], labels=arrays["labels"], dataset=meta["dataset"],

@@ -2,8 +2,8 @@
 
 Every method returns a ``kip._src.distilled.DistilledSet`` in the data set's preprocessed
 space. One module per method: ``random_real``, ``herding``, ``kcenter``, ``kmeans``,
-``class_mean`` (shared machinery in ``coresets``), ``dd`` (with its optax-style
-``dd.init`` / ``dd.step``) and ``poisoning`` (``poisoning.init`` / ``poisoning.step``).
+``class_mean`` (shared machinery in ``coresets``), ``dd`` (``distill_dd``, ``evaluate_dd``,
+``make_dd``) and ``poisoning`` (``poison``, ``poison_report``, ``make_poison``).
 """
 
 from kip.baselines import augment

@@ -7,8 +7,9 @@ from typing import Any, Callable, Optional, Sequence
 
 from kip._src.kernels import engine
 from kip._src.kernels import layers as L
+from kip._src.kernels import random_features as rf
 
-__all__ = ["fc", "convnet", "get_kernel", "KERNELS"]
+__all__ = ["fc", "convnet", "fc_rf", "convnet_rf", "get_kernel", "KERNELS"]
 
 _ACTIVATIONS: dict[str, Callable[[], L.Layer]] = {
     "relu": L.Relu, "erf": L.Erf, "abs": L.Abs,
@@ -89,7 +90,85 @@ def convnet(depth: int = 3, W_std: float = math.sqrt(2.0), b_std: Optional[float
                                 devices=devices)
 
 
-KERNELS = {"fc": fc, "convnet": convnet}
+def convnet_rf(depth: int = 3, W_std: float = math.sqrt(2.0), b_std: Optional[float] = 0.1,
+               activation: str = "relu", *, prepend_conv: bool = False, filter_size: int = 3,
+               readout: str = "flatten", width: int = 256, num_models: int = 8,
+               fixed_seed: Optional[int] = None,
+               batch_size: Optional[int] = None) -> rf.RandomFeatureKernel:
+  r"""Random-feature NNGP of the KIP ConvNet (RFAD): the layer of :func:`convnet`, sampled.
+
+  The network is ``convnet(...).layer`` built at ``width`` channels, so this estimates exactly
+  the NNGP that :func:`convnet` with the same arguments computes:
+  :math:`\hat K = \frac{1}{M}\sum_m (\frac{W_{std}^2}{D} h_m h_m'^\top + b_{std}^2)` over
+  ``M = num_models`` networks (see :func:`~kip._src.kernels.random_features.random_features`).
+
+  Defaults are RFAD's released setup, read from its code (github.com/yolky/RFAD, commit
+  ``c9ef03ec``): ``run_distillation.py`` builds ``models.ConvNet_wide(net_norm='none',
+  k=2, chopped_head=True)`` with the default ``net_width=128, net_depth=3``, i.e.
+  3 x [conv 3x3 padding 1, 256 channels, ReLU, 2x2 average pool stride 2], no normalisation,
+  head removed; ``models.py`` draws conv weights from :math:`N(0, 2/\text{fan\_in})` and biases
+  from :math:`N(0, 0.1^2)` (our ``W_std = sqrt(2)``, ``b_std = 0.1`` in NTK parameterisation);
+  ``--n_models 8`` networks, redrawn every step (``scheduler = [(0, n_models, 1)]``);
+  ``distillation.py`` concatenates the models' features divided by
+  :math:`\sqrt{M D}` and uses ``K = 2 Phi Phi^T + 0.01``, which is this estimate (``2`` and
+  ``0.01`` are the removed read-out's :math:`W_{std}^2` and :math:`b_{std}^2`). The same file
+  and ``run_distillation.py`` give the rest of RFAD's recipe (not part of the kernel): ridge
+  ``5e-3 * tr(K)/n`` (``--jit``), 4 x 1,280 targets per step, AdaBelief lr ``1e-3``, a Platt
+  temperature with lr ``1e-2``, labels one-hot minus ``1/n_classes``.
+
+  Args:
+    depth: conv-ReLU-pool blocks.
+    W_std: weight standard deviation (also the read-out's).
+    b_std: bias standard deviation or ``None``.
+    activation: ``'relu'``, ``'erf'`` or ``'abs'``.
+    prepend_conv: the extra leading ``Conv + ReLU`` of the released KIP code (RFAD: none).
+    filter_size: odd convolution size.
+    readout: ``'flatten'`` or ``'gap'``.
+    width: channels of the sampled networks (RFAD: 256).
+    num_models: networks per step (RFAD: 8).
+    fixed_seed: ``None``: fresh networks from each step's key (RFAD); an int holds them fixed.
+    batch_size: images per forward pass (``None``: all at once).
+  """
+  exact = convnet(depth=depth, W_std=W_std, b_std=b_std, activation=activation,
+                  prepend_conv=prepend_conv, filter_size=filter_size, readout=readout,
+                  width=rf._check_count("width", width))
+  spec = {"architecture": "convnet_rf", "depth": depth, "W_std": W_std, "b_std": b_std,
+          "activation": activation, "prepend_conv": prepend_conv, "filter_size": filter_size,
+          "readout": readout, "width": width, "num_models": num_models,
+          "fixed_seed": fixed_seed, "batch_size": batch_size}
+  return rf.random_features(exact, num_models=num_models, fixed_seed=fixed_seed,
+                            batch_size=batch_size, spec=spec)
+
+
+def fc_rf(depth: int = 1, W_std: float = math.sqrt(2.0), b_std: Optional[float] = 0.1,
+          activation: str = "relu", *, width: int = 1024, num_models: int = 8,
+          fixed_seed: Optional[int] = None,
+          batch_size: Optional[int] = None) -> rf.RandomFeatureKernel:
+  """Random-feature NNGP of the fully connected network of :func:`fc` (its layer, sampled).
+
+  Args:
+    depth: hidden layers (>= 1: with none there is no random network to sample).
+    W_std: weight standard deviation (also the read-out's).
+    b_std: bias standard deviation or ``None``.
+    activation: ``'relu'``, ``'erf'`` or ``'abs'``.
+    width: hidden units of the sampled networks.
+    num_models: networks per step.
+    fixed_seed: ``None``: fresh networks from each step's key; an int holds them fixed.
+    batch_size: images per forward pass (``None``: all at once).
+  """
+  if depth < 1:
+    raise ValueError(f"depth={depth} must be >= 1 for random features (depth 0 is the exact "
+                     "linear kernel: use fc(0)).")
+  exact = fc(depth=depth, W_std=W_std, b_std=b_std, activation=activation,
+             width=rf._check_count("width", width))
+  spec = {"architecture": "fc_rf", "depth": depth, "W_std": W_std, "b_std": b_std,
+          "activation": activation, "width": width, "num_models": num_models,
+          "fixed_seed": fixed_seed, "batch_size": batch_size}
+  return rf.random_features(exact, num_models=num_models, fixed_seed=fixed_seed,
+                            batch_size=batch_size, spec=spec)
+
+
+KERNELS = {"fc": fc, "convnet": convnet, "convnet_rf": convnet_rf, "fc_rf": fc_rf}
 
 
 def get_kernel(spec) -> Callable:

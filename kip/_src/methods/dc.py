@@ -8,7 +8,8 @@ on a real class batch:
 
 .. math::
    \\min_S \\; \\mathbb{E}_{\\theta_0}\\Big[\\sum_{t=0}^{T-1} \\sum_{c=1}^{K}
-   D\\big(\\nabla_\\theta \\ell(S_c; \\theta_t),\\, \\nabla_\\theta \\ell(B_c; \\theta_t)\\big)\\Big],
+   D\\big(\\nabla_\\theta \\ell(S_c; \\theta_t),\\,
+     \\nabla_\\theta \\ell(B_c; \\theta_t)\\big)\\Big],
 
 with :math:`B_c` a fresh batch of ``batch_real`` real images of class ``c`` and :math:`D` the
 layer-wise cosine distance :func:`kip._src.matching.distance_wb` (one-dimensional parameters
@@ -173,7 +174,8 @@ def _optimizers(config, image_optimizer, net_optimizer):
 
 @functools.lru_cache(maxsize=16)
 def _step_fn(config, image_optimizer, net_optimizer):
-  """The jitted step of ``config``; cached so that equal configs share one compilation."""
+  """The jitted step of ``config``; cached so that equal configs (up to ``steps``) share one
+  compilation, as a static jit argument did."""
   strategy = aug_lib.parse_strategy(getattr(config, "strategy", "none"))
   aug_config = getattr(config, "augment", aug_lib.AugmentConfig())
   ipc = config.images_per_class
@@ -257,10 +259,11 @@ def make_gradient_matching(name: str, config, *,
   ipc = config.images_per_class
   outer, inner = config.loops()
   img_opt, _ = _optimizers(config, image_optimizer, net_optimizer)
+  key = dataclasses.replace(config, steps=1)  # the step does not read `steps`
   try:
-    step = _step_fn(config, image_optimizer, net_optimizer)
+    step = _step_fn(key, image_optimizer, net_optimizer)
   except TypeError:  # an unhashable user optimizer: no cache
-    step = _step_fn.__wrapped__(config, image_optimizer, net_optimizer)
+    step = _step_fn.__wrapped__(key, image_optimizer, net_optimizer)
 
   def init(key: jax.Array, dataset) -> DCState:
     matching.check_network(config, int(dataset.num_classes), dataset.x_train.shape[1:])

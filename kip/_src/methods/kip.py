@@ -382,7 +382,7 @@ def make_kip(config: KIPConfig, kernel_fn: Union[str, Mapping, Callable] = "fc",
     predict_kernel = kernel_fn
     if getattr(kernel_fn, "features", None) is not None:
       key = jax.random.fold_in(jax.random.PRNGKey(eval_seed), int(state.count))
-      predict_kernel = lambda a, b, get: kernel_fn(a, b, get, key=key)  # noqa: E731
+      predict_kernel = lambda a, b, get: kernel_fn(a, b, "nngp", key=key)  # noqa: E731
     pred = krr.predict(predict_kernel, images, labels, x, config.reg, get=config.get,
                        batch_size=1000)
     return {"test_accuracy": krr.accuracy(pred, y)}
