@@ -239,12 +239,12 @@ def _tfds_copy(name: str, data_dir: pathlib.Path) -> pathlib.Path | None:
   return None
 
 
-def _not_in_data_dir(name: str, data_dir: str | os.PathLike) -> FileNotFoundError:
+def _not_in_data_dir(name: str, data_dir: str | os.PathLike, tfds: bool) -> FileNotFoundError:
   source = _source(name)
   base = pathlib.Path(data_dir).expanduser()
   looked = "; ".join(_folder_report(name, d) for d in _explicit_dirs(name, data_dir))
   tfds_part = ""
-  if source.tfds_name is not None:
+  if tfds and source.tfds_name is not None:
     tfds_part = (f" It is not a TensorFlow Datasets data dir either (no prepared "
                  f"{base / source.tfds_name}/<version>/).")
   return FileNotFoundError(
@@ -296,7 +296,7 @@ def _read_raw(name: str, data_dir: str | os.PathLike | None) -> dataset_lib.RawS
                          base, source.title, found)
         return source.read(found)
       if not use_tfds or _tfds_copy(name, base) is None:
-        raise _not_in_data_dir(name, data_dir)
+        raise _not_in_data_dir(name, data_dir, use_tfds)
       logger.info("reading %s from the TensorFlow Datasets copy in %s", source.title,
                   _tfds_copy(name, base))
       return tfds_source.load_tfds(source.tfds_name, data_dir=base, download=False)
