@@ -502,7 +502,7 @@ def _distill_summary(s: Mapping[str, Any]) -> str:
     return (f"{d.get('steps', 'default')} steps" +
             (", " + ",".join(f"{k}={v}" for k, v in mk.items()) if mk else ""))
   if algo == "dd":
-    return f"{d.get('num_steps', 1000)} outer steps, {d.get('model', 'lenet')}"
+    return f"{d.get('steps', 23600)} outer steps, {d.get('model', 'lenet')}"
   return "selection"
 
 

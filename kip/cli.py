@@ -102,9 +102,16 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
   p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
   sub = p.add_subparsers(dest="command", required=True)
+  # --debug / -v are also accepted after the command (`kip distill ... --debug`); SUPPRESS
+  # keeps a subcommand from resetting a value given before it.
+  common = argparse.ArgumentParser(add_help=False)
+  common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                      help="debug logging (default: off)")
+  common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                      help="show full tracebacks on errors (default: off)")
 
   d = sub.add_parser("distill", help="distil a data set with any registered method",
-                     formatter_class=fmt)
+                     formatter_class=fmt, parents=[common])
   d.add_argument("--method", default="kip", choices=registry.names(),
                  help="distillation method (see `kip methods`)")
   d.add_argument("--mode", default=None, choices=["kip", "ls"],
@@ -169,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
   d.add_argument("--no-progress", action="store_true", help="no progress output")
 
   e = sub.add_parser("evaluate", help="evaluate a distilled set (KRR and/or networks)",
-                     formatter_class=fmt)
+                     formatter_class=fmt, parents=[common])
   e.add_argument("path", help="distilled .npz")
   e.add_argument("--data-dir", default=None, help="folder with the data files")
   e.add_argument("--kernel", default=None, help="KRR with this kernel (fc, convnet, "
@@ -183,12 +190,14 @@ def build_parser() -> argparse.ArgumentParser:
   e.add_argument("--num-test", type=_count(1), default=None, help="test images (default all)")
   e.add_argument("--no-progress", action="store_true", help="no progress output")
 
-  s = sub.add_parser("show", help="write a PNG grid of a distilled set", formatter_class=fmt)
+  s = sub.add_parser("show", help="write a PNG grid of a distilled set", formatter_class=fmt,
+                     parents=[common])
   s.add_argument("path", help="distilled .npz, or a run folder holding distilled.npz")
   s.add_argument("--out", default=None, help="PNG path or folder (default: next to the .npz)")
   s.add_argument("--max-images", type=_count(1), default=100, help="images shown")
 
-  sub.add_parser("methods", help="list the registered methods", formatter_class=fmt)
+  sub.add_parser("methods", help="list the registered methods", formatter_class=fmt,
+                 parents=[common])
   return p
 
 

@@ -12,8 +12,8 @@ import pytest
 
 import kip
 from kip import cli
-from kip._src import distill as D
 from kip._src import io as kio
+from kip._src.methods import kip as kip_method
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 DISTILL = ["distill", "--dataset", "digits", "--support-size", "20", "--steps", "5",
@@ -29,16 +29,21 @@ def _main(argv):
   root = logging.getLogger()
   saved = root.handlers[:], root.level
   noisy = {n: logging.getLogger(n).level for n in ("jax", "absl", "matplotlib", "PIL")}
+  kip_level = logging.getLogger("kip").level
   out, err = io.StringIO(), io.StringIO()
   try:
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-      code = cli.main([str(a) for a in argv])
+      try:
+        code = cli.main([str(a) for a in argv])
+      except SystemExit as e:  # argparse errors
+        code = e.code
   finally:
     for h in root.handlers:
       if h not in saved[0]:
         h.close()
     root.handlers[:] = saved[0]
     root.setLevel(saved[1])
+    logging.getLogger("kip").setLevel(kip_level)
     for n, level in noisy.items():
       logging.getLogger(n).setLevel(level)
   return code, out.getvalue(), err.getvalue()
@@ -60,7 +65,8 @@ def test_distill_outputs(run):
           "checkpoint.npz"} <= files
   assert not [f for f in files if f.startswith(".tmp-")]
   summary = json.loads((d / "summary.json").read_text())
-  assert json.loads(out.strip().splitlines()[-1]) == summary
+  printed = json.loads(out.strip().splitlines()[-1])  # the summary without versions and config
+  assert printed == {k: v for k, v in summary.items() if k not in ("versions", "config")}
   assert (summary["dataset"], summary["method"], summary["support_size"]) == ("digits", "kip",
                                                                                20)
   assert summary["kernel"]["architecture"] == "fc"
@@ -68,12 +74,14 @@ def test_distill_outputs(run):
   assert (d / "distilled.png").read_bytes()[:8] == PNG_MAGIC
   s = kip.DistilledSet.load(d / "distilled.npz")
   assert len(s) == 20 and s.method == "kip" and s.metadata["steps"] == 5
-  assert [step for step, _ in s.metadata["history"]["test_accuracy"]] == [2, 4, 5]
-  assert s.metadata["history"]["test_accuracy"][-1][1] == pytest.approx(
-      summary["krr_test_accuracy"])
-  assert kio.load_npz(d / "checkpoint.npz", kind="checkpoint")[1]["step"] == 5
+  evals = s.metadata["history"]["eval"]
+  assert [step for step, _ in evals] == [2, 4, 5]
+  assert evals[-1][1]["test_accuracy"] == pytest.approx(summary["krr_test_accuracy"])
+  assert len(s.metadata["history"]["loss"]) == 5
+  assert kio.load_npz(d / "checkpoint.npz", kind="checkpoint")[1]["count"] == 5
+  assert "checkpoint.prev.npz" not in files  # --checkpoint-every 100: only the final one
   log = (d / "kip.log").read_text()
-  assert "KRR test accuracy" in log and "test accuracy" in log
+  assert "KRR test accuracy" in log and "test_accuracy" in log
 
 
 def test_evaluate_prints_accuracy(run):
@@ -111,28 +119,31 @@ def test_resume_continues_from_checkpoint(run, tmp_path):
   argv = [a if a != "5" else "7" for a in DISTILL]
   code, _, err = _main(argv + ["--eval-every", "0", "--out", out, "--resume"])
   assert code == 0, err
-  assert "resumed from" in (out / "kip.log").read_text()
+  assert "resumed kip from" in (out / "kip.log").read_text()
   got = kip.DistilledSet.load(out / "distilled.npz")
   want = kip.DistilledSet.load(d_ref / "distilled.npz")
   loss = got.metadata["history"]["loss"]
   assert len(loss) == 7 and loss[:5] == want.metadata["history"]["loss"]
   assert got.metadata["steps"] == 7 and got.metadata["steps_this_run"] == 2
   assert not np.array_equal(got.images, want.images)
-  assert kio.load_npz(out / "checkpoint.npz", kind="checkpoint")[1]["step"] == 7
+  assert kio.load_npz(out / "checkpoint.npz", kind="checkpoint")[1]["count"] == 7
 
 
 def test_interrupt_exits_130_with_checkpoint(tmp_path, monkeypatch):
-  def make_step(*args, **kwargs):
+  """Ctrl-C in the first step: exit 130, the initial state checkpointed, no result."""
+  real = kip_method.make_kip
+
+  def make_kip(config, **kwargs):
     def step(state, data, key):
       raise KeyboardInterrupt
-    return step
+    return real(config, **kwargs)._replace(step=step)
 
-  monkeypatch.setattr(D, "make_step", make_step)
+  monkeypatch.setattr(kip_method, "make_kip", make_kip)
   out = tmp_path / "out"
   code, stdout, err = _main(DISTILL + ["--out", out])
   assert code == 130
   assert "--resume" in err and stdout == ""
-  assert kio.load_npz(out / "checkpoint.npz", kind="checkpoint")[1]["step"] == 0
+  assert kio.load_npz(out / "checkpoint.npz", kind="checkpoint")[1]["count"] == 0
   assert not (out / "distilled.npz").exists()
 
 
@@ -143,26 +154,45 @@ def test_mode_ls(tmp_path):
   assert code == 0, err
   summary = json.loads(stdout.strip().splitlines()[-1])
   assert summary["method"] == "ls" and summary["support_size"] == 10
+  assert summary["steps"] == 1
+  assert json.loads((out / "summary.json").read_text())["config"]["labels"] == "centred"
   assert 0.3 < summary["krr_test_accuracy"] <= 1.0
   s = kip.DistilledSet.load(out / "distilled.npz")
-  assert s.method == "ls" and not np.allclose(s.labels, np.eye(10)[s.hard_labels], atol=1e-2)
-  assert not (out / "checkpoint.npz").exists()  # no optimisation, nothing to resume
+  assert s.method == "ls"
+  centred = np.eye(10, dtype=np.float32)[s.hard_labels] - 0.1
+  assert not np.allclose(s.labels, centred, atol=1e-2)  # solved, not the initial labels
+  # one closed-form step, checkpointed like every method (a resume has nothing left to do)
+  assert kio.load_npz(out / "checkpoint.npz", kind="checkpoint")[1]["count"] == 1
 
 
-@pytest.mark.parametrize("argv,match", [
-    (DISTILL[:4] + ["15", "--out", "{tmp}/o"],
+def test_method_and_mode_disagree(tmp_path):
+  code, _, err = _main(["distill", "--dataset", "digits", "--mode", "ls", "--method", "dm",
+                        "--out", tmp_path / "o"])
+  assert code == 2 and "--mode ls and --method dm disagree" in err
+
+
+def test_methods_lists_the_registry():
+  code, out, _ = _main(["methods"])
+  assert code == 0
+  names = [line.split()[0] for line in out.strip().splitlines()]
+  assert names == kip.methods.names() and {"kip", "ls", "dc", "dm", "random"} <= set(names)
+
+
+@pytest.mark.parametrize("argv,code,match", [
+    (DISTILL[:4] + ["15", "--out", "{tmp}/o"], 2,
      "support_size=15 cannot be split evenly over 10 classes; use a multiple of 10"),
-    (["distill", "--dataset", "digits", "--images-per-class", "0", "--out", "{tmp}/o"],
-     "images_per_class=0 must be >= 1"),
-    (["distill", "--dataset", "nope", "--out", "{tmp}/o"], "unknown dataset 'nope'"),
-    (["evaluate", "{tmp}/missing.npz"], "does not exist"),
-    (["show", "{tmp}/junk.npz"], "truncated or corrupt"),
+    (["distill", "--dataset", "nope", "--out", "{tmp}/o"], 2, "unknown dataset 'nope'"),
+    (["distill", "--dataset", "digits", "--method", "kip", "--option", "lr", "--out",
+      "{tmp}/o"], 2, "--option 'lr': write NAME=VALUE"),
+    (["evaluate", "{tmp}/missing.npz"], 1, "does not exist"),  # a missing file: exit 1
+    (["show", "{tmp}/junk.npz"], 2, "truncated or corrupt"),
 ])
-def test_bad_arguments_exit_2(tmp_path, argv, match):
+def test_bad_arguments_one_line(tmp_path, argv, code, match):
   (tmp_path / "junk.npz").write_bytes(b"junk")
-  code, out, err = _main([a.replace("{tmp}", str(tmp_path)) for a in argv])
-  assert code == 2
-  assert "kip: error:" in err and match in err
+  got, out, err = _main([a.replace("{tmp}", str(tmp_path)) for a in argv])
+  assert got == code
+  [line] = [line for line in err.splitlines() if line.startswith("kip: error:")]
+  assert match in line and "Traceback" not in err
   assert out == ""
 
 
@@ -172,16 +202,21 @@ def test_resume_other_run_exit_2(run, tmp_path):
   out.mkdir()
   shutil.copy(d / "checkpoint.npz", out / "checkpoint.npz")
   code, _, err = _main(DISTILL + ["--seed", "1", "--out", out, "--resume"])
-  assert code == 2 and "written by a different run" in err
+  assert code == 2
+  assert "written by a different run: seed: checkpoint 0 vs this run 1" in err
 
 
-@pytest.mark.parametrize("argv", [
-    ["distill", "--dataset", "digits", "--kernel", "bogus", "--out", "x"],
-    ["distill", "--dataset", "digits"],  # --out is required
-    ["distill", "--support-size", "10", "--images-per-class", "1", "--out", "x"],
+@pytest.mark.parametrize("argv,match", [
+    (["distill", "--dataset", "digits", "--kernel", "bogus", "--out", "x"],
+     "argument --kernel: invalid choice: 'bogus'"),
+    (["distill", "--dataset", "digits"], "the following arguments are required: --out"),
+    (["distill", "--support-size", "10", "--images-per-class", "1", "--out", "x"],
+     "argument --images-per-class: not allowed with argument --support-size"),
+    (["distill", "--images-per-class", "0", "--out", "x"],
+     "argument --images-per-class: 0 must be >= 1"),
+    (["distill", "--lr", "0", "--out", "x"], "argument --lr: 0.0 must be a finite number > 0"),
 ])
-def test_argparse_errors(argv, capsys):
-  with pytest.raises(SystemExit) as e:
-    cli.main(argv)
-  assert e.value.code == 2
-  assert "usage: kip distill" in capsys.readouterr().err
+def test_argparse_errors(argv, match):
+  code, out, err = _main(argv)
+  assert code == 2 and out == ""
+  assert "usage: kip distill" in err and match in err

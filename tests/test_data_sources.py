@@ -9,6 +9,7 @@ tiny fakes written into ``tmp_path``; nothing touches the network.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import logging
 import pathlib
@@ -209,6 +210,30 @@ def test_tfds_without_network_real_module(monkeypatch, tmp_path):
                             "Datasets could not download it (no network?): ConnectionError: ")
   assert "Or put the IDX files" in message
   assert isinstance(err.value.__cause__, OSError)
+
+
+def test_tfds_download_offline_through_real_tfds_load(monkeypatch, tmp_path):
+  """The whole TFDS path (builder, download manager) with its HTTP opener failing at once.
+
+  A real offline attempt retries for minutes before raising the same ConnectionError.
+  """
+  pytest.importorskip("tensorflow_datasets")
+  from tensorflow_datasets.core.download import downloader
+  if not hasattr(downloader, "_open_with_requests"):
+    pytest.skip("this TFDS version opens URLs differently")
+
+  def offline(url, **kwargs):
+    _offline()
+    yield  # a generator, like the context manager it replaces
+
+  monkeypatch.setattr(downloader, "_open_with_requests", contextlib.contextmanager(offline))
+  monkeypatch.setattr(downloader, "_open_with_urllib", contextlib.contextmanager(offline))
+  with pytest.raises(FileNotFoundError) as err:
+    tfds_source.load_tfds("mnist", data_dir=tmp_path)
+  message = str(err.value)
+  assert "\n" not in message
+  assert message.startswith(f"'mnist' is not prepared in {tmp_path} and TensorFlow Datasets "
+                            "could not download it (no network?): ConnectionError: ")
 
 
 @pytest.mark.parametrize("kind", ["connection", "download_error"])

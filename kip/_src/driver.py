@@ -40,6 +40,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from kip._src import checkpoint as ckpt
+from kip._src import io as kio
 from kip._src import random as krandom
 from kip._src.algorithm import Algorithm
 
@@ -178,8 +179,9 @@ def _restore(directory: str, template: Any) -> Optional[tuple[Any, dict]]:
     try:
       state, meta = ckpt.restore(path, template)
     except ValueError as e:
-      if "different state structure" in str(e) or "leaf" in str(e):
+      if "different state structure" in str(e) or "but this run needs" in str(e):
         raise  # readable, but another run's: not a corruption to fall back from
+      # (a corrupt member is named in the message too, e.g. "Bad CRC-32 for 'leaf_00000'")
       errors.append(f"{path}: {e}")
       logger.warning("checkpoint %s is unreadable (%s); trying the previous one", path, e)
       continue
@@ -189,6 +191,16 @@ def _restore(directory: str, template: Any) -> Optional[tuple[Any, dict]]:
   if errors:
     raise ValueError("no readable checkpoint: " + "; ".join(errors) + ". Start fresh with "
                      "overwrite=True (CLI: --overwrite).")
+  return None
+
+
+def _stored_fingerprint(directory: str) -> Optional[dict]:
+  """The fingerprint in the newest readable checkpoint's metadata (``None`` if none)."""
+  for path in _paths(directory):
+    try:
+      return kio.load_npz(path, kind="checkpoint")[1].get("fingerprint")
+    except (OSError, ValueError):
+      continue
   return None
 
 
@@ -337,7 +349,7 @@ def iterate(step: Callable, state: Any, data: Any, steps: int, *, key: jax.Array
         checkpoint(state)
       if time_budget is not None and time.time() - t0 > time_budget and not last:
         info.stopped_early = True
-        logger.info("%s: time budget of %.0f s spent after step %d of %d", desc, time_budget,
+        logger.info("%s: time budget of %g s spent after step %d of %d", desc, time_budget,
                     i + 1, steps)
         break
   except KeyboardInterrupt:
@@ -425,16 +437,26 @@ def run(algorithm: Algorithm, dataset, steps: Optional[int] = None, *,
         os.remove(p)
     logger.warning("overwrite: deleted the checkpoints in %s", directory)
   elif resume and directory is not None:
-    restored = _restore(directory, state)
+    def other_run(diffs):
+      return ValueError(f"the checkpoint in {directory} was written by a different run: "
+                        + "; ".join(diffs) + ". Resume with the same settings, or start "
+                        "fresh with overwrite=True (CLI: --overwrite).")
+
+    try:
+      restored = _restore(directory, state)
+    except ValueError as e:  # another structure: name the settings that differ, if recorded
+      stored = _stored_fingerprint(directory)
+      diffs = [] if stored is None else _diff(stored, fp)
+      if diffs:
+        raise other_run(diffs) from e
+      raise
     if restored is None:
       logger.info("resume requested but %s holds no checkpoint; starting fresh", directory)
     else:
       state, meta = restored
       diffs = _diff(meta.get("fingerprint"), fp)
       if diffs:
-        raise ValueError(f"the checkpoint in {directory} was written by a different run: "
-                         + "; ".join(diffs) + ". Resume with the same settings, or start "
-                         "fresh with overwrite=True (CLI: --overwrite).")
+        raise other_run(diffs)
       done = int(meta.get("count", int(state.count)))
       if done > steps:
         raise ValueError(f"the checkpoint in {directory} holds {done} steps, more than "

@@ -194,8 +194,8 @@ def resolve_data_dir(name: str, data_dir: str | os.PathLike | None = None,
   return None
 
 
-def _how_to_get(name: str) -> str:
-  """One line: the ways to get dataset ``name``."""
+def _how_to_get(name: str, files: bool = True) -> str:
+  """One line: the ways to get dataset ``name`` (``files``: name the expected files)."""
   source = _source(name)
   ways = []
   if source.apt_package:
@@ -204,12 +204,16 @@ def _how_to_get(name: str) -> str:
   if source.has_files is not None:
     ways.append(f"pass data_dir=FOLDER holding them, or set {ENV_VAR}=ROOT with them in "
                 f"ROOT/{source.subdirs[0]}/")
-  if source.tfds_name:
+  if source.tfds_name and tfds_source.available():
+    ways.append(f"call without data_dir to load {source.tfds_name!r} through TensorFlow "
+                "Datasets (it downloads it once)")
+  elif source.tfds_name:
     ways.append(f"{tfds_source.INSTALL_HINT} to load {source.tfds_name!r} through "
                 "TensorFlow Datasets")
   if len(ways) > 1:
     ways[-1] = "or " + ways[-1]
-  return f"To get {source.title} ({source.files}), do one of: " + "; ".join(ways) + "."
+  what = f"{source.title} ({source.files})" if files else source.title
+  return f"To get {what}, do one of: " + "; ".join(ways) + "."
 
 
 def _folder_report(name: str, directory: pathlib.Path) -> str:
@@ -250,7 +254,7 @@ def _not_in_data_dir(name: str, data_dir: str | os.PathLike, tfds: bool) -> File
   return FileNotFoundError(
       f"no local copy of {source.title} found in data_dir {os.fspath(data_dir)!r} "
       f"(with data_dir given, ${ENV_VAR} and system folders are not searched): expected "
-      f"{source.files}; looked in {looked}.{tfds_part} " + _how_to_get(name))
+      f"{source.files}; looked in {looked}.{tfds_part} " + _how_to_get(name, files=False))
 
 
 def load_digits() -> dataset_lib.RawSplits:

@@ -102,8 +102,9 @@ def load_tfds(name: str, *, data_dir: str | os.PathLike | None = None, download:
   except _download_errors(tfds) as err:
     raise FileNotFoundError(
         f"{name!r} is not prepared in {where} and TensorFlow Datasets could not download it "
-        f"(no network?): {_one_line(err)}. Run kip.data.load({name!r}) once on a machine with "
-        f"network and copy the prepared TFDS folder here (pass it as data_dir).{hint}"
+        f"(no network?): {_one_line(err)}. On a machine with network, kip.data.load({name!r}) "
+        f"prepares it in TFDS's data dir (~/tensorflow_datasets); copy that folder over and "
+        f"pass it as data_dir.{hint}"
         ) from err
   x_train, y_train = _split_to_numpy(tfds, train, name, "train")
   x_test, y_test = _split_to_numpy(tfds, test, name, "test")

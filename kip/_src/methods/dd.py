@@ -48,9 +48,10 @@ Evaluation on a network other than the one distilled for (:func:`evaluate_dd`,
 ``step_strategy``): ``'raw'`` uses the learned step sizes as they are; ``'rescaled'`` multiplies
 them by :math:`\\bar\\lambda_\\text{distilled} / \\bar\\lambda_\\text{new}`, the ratio of the
 largest eigenvalues of the two networks' empirical NTKs on the synthetic images at
-initialisation (the stable step size of gradient descent scales as :math:`1/\\lambda_{\\max}`);
+initialisation (geometric mean over the architectures distilled for; the stable step size of
+gradient descent scales as :math:`1/\\lambda_{\\max}`);
 ``'tuned'`` replaces them by one constant step size for the same :math:`T` steps, the best of a
-grid of multiples of their mean by accuracy on held-out-from-test training images.
+grid of multiples of their mean by accuracy on training images (never the test set).
 
 ::
 
