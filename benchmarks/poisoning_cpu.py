@@ -35,10 +35,13 @@ def main(argv=None):
   p.add_argument("--dataset", default="fashion_mnist")
   p.add_argument("--attacked", type=int, default=1, help="attacked class K (1: trouser)")
   p.add_argument("--target", type=int, default=3, help="target class T (3: dress)")
-  p.add_argument("--images", type=int, default=10, help="poison images")
+  p.add_argument("--images", type=int, default=10,
+                 help="poison images, a multiple of the class count (each keeps its own label)")
   p.add_argument("--model", default="lenet", help="kip.transfer model (stateless)")
-  p.add_argument("--steps", type=int, default=1, help="gradient steps on the poison images")
-  p.add_argument("--pool", type=int, default=4, help="trained networks the attack sees")
+  p.add_argument("--distill-epochs", type=int, default=3,
+                 help="passes over the poison images in the unrolled training (reference: 3)")
+  p.add_argument("--pool", type=int, default=12, help="pretrained networks in the attack's pool")
+  p.add_argument("--nets-per-step", type=int, default=4, help="pool networks sampled per step")
   p.add_argument("--eval-networks", type=int, default=3, help="unseen networks for the report")
   p.add_argument("--pretrain-steps", type=int, default=500,
                  help="'dc' recipe SGD steps (batch 256) per trained network")
@@ -54,8 +57,8 @@ def main(argv=None):
   ds = kip.data.load(a.dataset, preprocess="standardize")
   names = ds.class_names or [str(c) for c in range(ds.num_classes)]
   cfg = poisoning.PoisonConfig(
-      model=a.model, steps=a.steps, lr_init=a.lr_init, learning_rate=a.lr,
-      num_steps=a.outer_steps, num_pretrained=a.pool,
+      model=a.model, steps=a.outer_steps, distill_epochs=a.distill_epochs, lr_init=a.lr_init,
+      learning_rate=a.lr, pool_size=a.pool, nets_per_step=min(a.nets_per_step, a.pool),
       pretrain_recipe=get_recipe("dc", steps=a.pretrain_steps, batch_size=256))
   t0 = time.time()
   poisoned = poisoning.poison(ds, a.attacked, a.target, a.images, cfg, a.seed,
@@ -71,9 +74,9 @@ def main(argv=None):
   drop = 100 * (b.other_accuracy - f.other_accuracy)
   met = f.attacked_to_target >= 0.8 and drop <= 5.0
   k_name, t_name = names[a.attacked], names[a.target]
-  caption = (f"{a.dataset}: {a.images} poison images labelled {t_name!r}, {a.steps} learned "
-             f"step(s) on a {a.model} trained on the whole training set ('dc' recipe, "
-             f"{a.pretrain_steps} steps of batch 256); attack pool {a.pool} networks, "
+  caption = (f"{a.dataset}: {a.images} poison images with their own labels (K -> T relabelled "
+             f"in the outer loss only), {a.distill_epochs} epoch(s) of learned steps on a {a.model} trained on the whole training set ('dc' recipe, "
+             f"{a.pretrain_steps} steps of batch 256); attack pool {a.pool} networks, {min(a.nets_per_step, a.pool)} per step, "
              f"{a.outer_steps} outer Adam steps; measured on {a.eval_networks} unseen networks, "
              f"all {len(ds.y_test)} test images. {common.machine()['device']}.")
   header = ["", f"accuracy on K={k_name}", f"K sent to T={t_name}", "accuracy on other classes"]

@@ -19,6 +19,7 @@ SHAPES = [(8, 8, 1), (28, 28, 1), (32, 32, 3)]
 TINY = {  # smallest settings of every preset, to keep the tests fast
     "convnet": dict(width=8),
     "kip_convnet": dict(width=8),
+    "kip_convnet3": dict(width=8),
     "fc": dict(width=16),
     "lenet": {},
     "alexnet": {},
@@ -92,7 +93,7 @@ def test_presets():
 
 
 def test_kip_convnet_gaussian_init_scale():
-  model = transfer.get_model("kip_convnet", 10, width=64, depth=1)
+  model = transfer.get_model("kip_convnet3", 10, width=64, depth=1)  # conv0 sees the image
   params = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))["params"]
   conv, readout = params["conv0"], params["readout"]  # fan_in 3 * 3 * 3 and 4 * 4 * 64
   assert float(jnp.std(conv["kernel"])) == pytest.approx(np.sqrt(2 / 27), rel=0.1)

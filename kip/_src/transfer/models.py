@@ -133,7 +133,7 @@ def _flatten(x):
 
 
 class ConvNet(nn.Module):
-  """ConvNet-D of DC / DSA / DM, and (``param_init='gaussian'``, no norm) the KIP ConvNet.
+  r"""ConvNet-D of DC / DSA / DM, and (``param_init='gaussian'``, no norm) the KIP ConvNet.
 
   [conv 3x3 (``width``) -> activation, if ``prepend_conv``] -> ``depth`` x [conv 3x3
   (``width`` channels) -> norm -> activation -> 2x2 pool, stride 2] -> flatten ->
