@@ -135,13 +135,14 @@ def test_float32_within_1e5_of_reference(depth, size):
 def test_neural_tangents_kernel_fn_drives_kip():
   """A neural-tangents kernel_fn is accepted wherever kip's is: same KIP loss and gradient."""
   import kip
-  from kip._src import distill as D
+  from kip._src.methods import kip as D
+  from kip._src.sampling import ClassTable
   ds = kip.data.load("digits", n_train=300, n_test=100)
   nt_fn = stax.serial(stax.Flatten(), stax.Dense(1, SQ2, 0.1), stax.Relu(),
                       stax.Dense(1, SQ2, 0.1))[2]
   cfg = D.KIPConfig(images_per_class=2)
   xs, ys = D.init_support(jax.random.PRNGKey(0), ds, 2)
-  data = D.TargetData.from_dataset(ds)
+  data = ClassTable.from_dataset(ds)
   xt, yt = data.sample(jax.random.PRNGKey(1), 100)
   params = {"images": xs.astype(jnp.float64), "labels": ys.astype(jnp.float64)}
   outs = []
