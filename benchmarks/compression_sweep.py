@@ -78,7 +78,7 @@ def _plot(path: str, results: dict, num_train: int, title: str) -> None:
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--dataset", default="fashion_mnist")
-  p.add_argument("--preprocess", default="standardize", choices=["standardize", "zca", "none"])
+  p.add_argument("--preprocess", default="standardize", choices=["standardize", "zca", "zca_centered", "none"])
   p.add_argument("--ipc", type=int, nargs="+", default=[1, 10, 50, 100, 500, 2000])
   p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
   p.add_argument("--kip-max-ipc", type=int, default=100)

@@ -128,7 +128,7 @@ def _make_sets(a, ds, rows, fc_kernel, model_kwargs, sets_dir, progress):
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--dataset", default="fashion_mnist")
-  p.add_argument("--preprocess", default="standardize", choices=["standardize", "zca", "none"])
+  p.add_argument("--preprocess", default="standardize", choices=["standardize", "zca", "zca_centered", "none"])
   p.add_argument("--ipc", type=int, default=10)
   p.add_argument("--rows", nargs="+", default=list(DEFAULT_ROWS), choices=ROWS)
   p.add_argument("--include", nargs="*", default=[], choices=ROWS,

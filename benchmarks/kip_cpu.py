@@ -35,7 +35,7 @@ def main(argv=None):
   p.add_argument("--target-batch-size", type=int, default=2000)
   p.add_argument("--depth", type=int, default=3)
   p.add_argument("--get", default="ntk", choices=["ntk", "nngp"])
-  p.add_argument("--preprocess", default="standardize", choices=["standardize", "zca", "none"])
+  p.add_argument("--preprocess", default="standardize", choices=["standardize", "zca", "zca_centered", "none"])
   p.add_argument("--reg", type=float, default=1e-6)
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--out", default=os.path.join(common.RESULTS_DIR, "kip_cpu"))

@@ -85,7 +85,7 @@ def load_saved_set(path: str | None, ds, ipc: int, *, method: str = "kip",
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--dataset", default="fashion_mnist")
-  p.add_argument("--preprocess", default="standardize", choices=["standardize", "zca", "none"])
+  p.add_argument("--preprocess", default="standardize", choices=["standardize", "zca", "zca_centered", "none"])
   p.add_argument("--ipc", type=int, default=10)
   p.add_argument("--restarts", type=int, default=10)
   p.add_argument("--seed", type=int, default=0)

@@ -119,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
   d.add_argument("--dataset", default="fashion_mnist", help="data set name")
   d.add_argument("--data-dir", default=None, help="folder with the data files (default: "
                  "$KIP_DATA_DIR, then the Debian package's folder, then TFDS)")
-  d.add_argument("--preprocess", default="standardize", choices=["none", "standardize", "zca"],
+  d.add_argument("--preprocess", default="standardize",
+                 choices=["none", "standardize", "zca", "zca_centered"],
                  help="preprocessing fitted on the training split")
   d.add_argument("--zca-reg", type=_nonneg_float, default=0.1, help="ZCA regularisation")
   g = d.add_mutually_exclusive_group()

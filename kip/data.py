@@ -6,8 +6,8 @@
 ((1000, 28, 28, 1), (1000, 10))
 
 Names known to :func:`load` are listed in :data:`DATASETS`; any other arrays go through
-:func:`from_arrays`. Preprocessing (``'none'``, ``'standardize'``, regularised ``'zca'``) is
-fitted on the training split only and can be inverted and saved without pickle.
+:func:`from_arrays`. Preprocessing (``'none'``, ``'standardize'``, regularised ``'zca'`` as the KIP
+reference code does it, ``'zca_centered'``) is fitted on the training split only and can be inverted and saved without pickle.
 """
 
 from kip._src.data.dataset import Dataset

@@ -375,7 +375,14 @@ def test_preprocessing_round_trip(kind, tmp_path):
   prep = data.fit(kind, x[:200], zca_reg=0.1)
   y = prep.apply(x)
   assert y.dtype == np.float32 and y.shape == x.shape
-  np.testing.assert_allclose(prep.invert(y), x, atol=2e-5)
+  back = prep.invert(y)
+  if kind == "zca":  # the per-image normalisation keeps each standardised image up to a + b x
+    def standardized(a):
+      return ((a - prep.channel_mean) / prep.channel_std).reshape(300, -1)
+    for b, t in zip(standardized(back), standardized(x)):
+      np.testing.assert_allclose(np.corrcoef(b, t)[0, 1], 1.0, atol=1e-5)
+  else:
+    np.testing.assert_allclose(back, x, atol=2e-5)
   arrays = prep.to_arrays()
   np.savez(tmp_path / "p.npz", **arrays)
   with np.load(tmp_path / "p.npz", allow_pickle=False) as f:
@@ -399,7 +406,7 @@ def test_standardize_fitted_on_train_only():
 @pytest.mark.parametrize("zca_reg", [1e-3, 0.1])
 def test_zca_whitens_train(zca_reg):
   x = correlated_images(500)
-  prep = data.fit("zca", x[:400], zca_reg=zca_reg)
+  prep = data.fit("zca_centered", x[:400], zca_reg=zca_reg)
   z = prep.apply(x[:400]).reshape(400, -1).astype(np.float64)
   np.testing.assert_allclose(z.mean(axis=0), 0.0, atol=1e-4)
   cov = z.T @ z / 400
@@ -410,16 +417,66 @@ def test_zca_whitens_train(zca_reg):
   assert eig.max() < 1 + 1e-4  # shrinks every direction, never amplifies beyond white
   # Nearly white when the regulariser is small and the spectrum well conditioned.
   iid = np.random.default_rng(1).uniform(size=(2000, 2, 2, 3)).astype(np.float32)
-  w = data.fit("zca", iid, zca_reg=1e-3).apply(iid).reshape(2000, -1)
+  w = data.fit("zca_centered", iid, zca_reg=1e-3).apply(iid).reshape(2000, -1)
   np.testing.assert_allclose(w.T @ w / 2000, np.eye(12), atol=5e-3)
   # Symmetric (ZCA, not PCA): W = W^T.
   np.testing.assert_allclose(prep.whitening_matrix, prep.whitening_matrix.T, atol=1e-4)
 
 
+def _reference_zca(x_train, x, zca_reg):
+  """NumPy transcription of the KIP reference ``get_preprocess_op(layer_norm=True)``."""
+  mean, std = np.mean(x_train, axis=(0, 1, 2)), np.std(x_train, axis=(0, 1, 2))
+
+  def layer_norm(a):
+    a = a.reshape(a.shape[0], -1).astype(np.float64)
+    a = a - np.mean(a, axis=1)[:, np.newaxis]
+    return a / np.linalg.norm(a, axis=1)[:, np.newaxis]
+
+  xt = layer_norm((x_train - mean) / std)
+  n = xt.shape[0]
+  cov = 1.0 / n * xt.T.dot(xt)
+  reg_amount = zca_reg * np.trace(cov) / cov.shape[0]
+  u, s, _ = np.linalg.svd(cov + reg_amount * np.eye(cov.shape[0]))
+  inv_sqrt = s ** (-1 / 2)
+  if n < xt.shape[1]:  # the reference's rank control
+    inv_sqrt[n:] = 1.0
+  w = np.einsum("ij,j,kj->ik", u, inv_sqrt, u)
+  return (layer_norm((x - mean) / std) @ w).reshape(x.shape)
+
+
+@pytest.mark.parametrize("n_fit", [200, 20])  # more and fewer images than the 48 features
+def test_zca_is_the_kip_reference_recipe(n_fit):
+  x = correlated_images(300)
+  prep = data.fit("zca", x[:n_fit], zca_reg=0.1)
+  np.testing.assert_allclose(prep.apply(x), _reference_zca(x[:n_fit], x, 0.1), atol=2e-4,
+                             rtol=1e-4)
+  assert prep.zca_rank == min(n_fit, 48)
+  np.testing.assert_array_equal(prep.zca_mean, 0.0)  # uncentred second moment
+
+
+def test_zca_reads_files_written_before_the_reference_recipe(tmp_path):
+  """A saved 'zca' without zca_rank was fitted with the centred recipe and is read as such."""
+  x = correlated_images(100)
+  prep = data.fit("zca_centered", x, zca_reg=0.1)
+  arrays = prep.to_arrays()
+  arrays["kind"] = np.asarray("zca")
+  del arrays["zca_rank"]
+  again = data.Preprocessing.from_arrays(arrays)
+  assert again.kind == "zca_centered"
+  np.testing.assert_array_equal(again.apply(x), prep.apply(x))
+
+
+def test_zca_constant_image_stays_finite():
+  x = correlated_images(50)
+  prep = data.fit("zca", x)
+  out = prep.apply(np.full((1,) + x.shape[1:], 0.5, np.float32))
+  assert np.all(np.isfinite(out))
+
+
 def test_zca_dataset_uses_train_statistics():
   x = correlated_images(300)
   y = np.arange(300) % 3
-  ds = data.from_arrays("toy", x[:200], y[:200], x[200:], y[200:], preprocess="zca")
+  ds = data.from_arrays("toy", x[:200], y[:200], x[200:], y[200:], preprocess="zca_centered")
   flat = ((x[:200] - ds.preprocessing.channel_mean) / ds.preprocessing.channel_std)
   np.testing.assert_allclose(ds.preprocessing.zca_mean, flat.reshape(200, -1).mean(0),
                              atol=1e-5)

@@ -1,5 +1,7 @@
 """Kernel ridge regression: closed form against NumPy, jitter fallback, errors, helpers."""
 
+import logging
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -103,6 +105,22 @@ def test_solve_needs_fallback_for_singular_matrix():
   alpha = krr.solve(k, y, 0.0)
   assert bool(jnp.all(jnp.isfinite(alpha)))
   np.testing.assert_allclose(k @ alpha, y, rtol=0.05)
+
+
+def test_raised_ridge_is_logged(caplog, monkeypatch):
+  from kip._src import krr as krr_src
+  monkeypatch.setitem(krr_src._raised, "count", 0)
+  k = jnp.ones((2, 2), jnp.float32)
+  y = jnp.array([[1.0], [1.0]], jnp.float32)
+  with caplog.at_level(logging.WARNING, logger="kip._src.krr"):
+    jax.block_until_ready(krr.solve(k, y, 0.0))
+    jax.effects_barrier()
+  assert "not numerically positive definite at reg=0; solved with reg=1e-06" in caplog.text
+  caplog.clear()
+  with caplog.at_level(logging.WARNING, logger="kip._src.krr"):  # a well-posed solve is quiet
+    jax.block_until_ready(krr.solve(jnp.eye(2), y, 1e-6))
+    jax.effects_barrier()
+  assert "positive definite" not in caplog.text
 
 
 @pytest.mark.parametrize("transform", ["eager", "jit", "grad"])

@@ -159,14 +159,34 @@ def test_step_half_schedule_and_weight_decay():
   np.testing.assert_allclose(steps, [0.15] * 5 + [0.015] * 5, rtol=1e-6)
 
 
-def test_xent_targets_rule():
+def test_targets_reference_rule():
+  """The KIP notebook: argmax one-hot for cross-entropy, centred one-hot for MSE."""
+  learned = np.array([[1.5, -0.2, 0.0], [0.1, 0.3, -1.0]], np.float32)
+  np.testing.assert_array_equal(transfer.training_targets(learned, "xent"),
+                                [[1, 0, 0], [0, 1, 0]])
+  np.testing.assert_array_equal(transfer.training_targets(learned, "mse"), learned)
+  one_hot = np.array([[0, 0, 1], [1, 0, 0]], np.float32)
+  mixed = np.concatenate([one_hot, learned])  # only plain 0/1 rows are shifted
+  np.testing.assert_allclose(transfer.training_targets(mixed, "mse"),
+                             np.concatenate([one_hot - 1 / 3, learned]), rtol=1e-6)
+  centred = one_hot - 1 / 3  # already centred: unchanged
+  np.testing.assert_array_equal(transfer.training_targets(centred, "mse"), centred)
+  np.testing.assert_array_equal(transfer.training_targets(np.ones((2, 1)), "mse"), 0.5)
+  with pytest.raises(ValueError, match="label_targets='soft'"):
+    transfer.training_targets(learned, "mse", "soft")
+  with pytest.raises(ValueError, match="label_targets='soft'"):
+    transfer.get_recipe("kip", label_targets="soft")
+
+
+def test_targets_as_given_rule():
   probs = np.array([[0.2, 0.8], [1.0, 0.0]], np.float32)
-  np.testing.assert_array_equal(transfer.training_targets(probs, "xent"), probs)
+  np.testing.assert_array_equal(transfer.training_targets(probs, "xent", "as_given"), probs)
   learned = np.array([[1.5, -0.2], [0.1, 0.3]], np.float32)
-  t = transfer.training_targets(learned, "xent")
+  t = transfer.training_targets(learned, "xent", "as_given")
   np.testing.assert_allclose(t, np.exp(learned) / np.exp(learned).sum(1, keepdims=True),
                              rtol=1e-6)
-  np.testing.assert_array_equal(transfer.training_targets(learned, "mse"), learned)
+  np.testing.assert_array_equal(transfer.training_targets(learned, "mse", "as_given"), learned)
+  np.testing.assert_array_equal(transfer.training_targets(probs, "mse", "as_given"), probs)
 
 
 # ---------------------------------------------------------------------------- train
@@ -261,7 +281,7 @@ def test_restart_grouping():
 
 def test_evaluate_soft_labels_and_distilled_set():
   x, y = _support()
-  learned = 2.0 * y - 0.5  # not probability vectors: xent uses softmax(labels)
+  learned = 2.0 * y - 0.5  # learned labels: xent trains on their argmax
   ds = DistilledSet(images=x, labels=learned, dataset="fake", method="kip")
   result = transfer.evaluate(ds, DATA, restarts=1, **SMALL)
   assert result.mean > 0.8

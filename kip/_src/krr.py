@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from typing import Callable, Optional, Protocol, Union
 
 import jax
@@ -48,7 +49,8 @@ def solve(k_ss: jax.Array, y_s: jax.Array, reg: float = DEFAULT_REG, *,
   """Returns :math:`\\alpha = (K_{ss} + \\lambda I)^{-1} y_s` by Cholesky.
 
   If the Cholesky factor is not finite (``K_ss`` not numerically positive definite), a larger
-  ridge is tried, up to ``1e-2 * tr(K)/n`` extra, when ``jitter_fallback``; otherwise the NaNs
+  ridge is tried, up to ``1e-2 * tr(K)/n`` extra, when ``jitter_fallback``, and the raise is
+  logged (a warning the 1st, 10th, 100th, ... time, with the ridge used); otherwise the NaNs
   propagate so the caller can raise. Works under ``jit`` and ``grad``.
 
   Args:
@@ -87,7 +89,25 @@ def _solve(k_ss, y_s, reg, jitter_fallback):
                         lambda e=e: jnp.all(jnp.isfinite(attempt(k_sg, y_sg, e))))
     extra = jnp.where(ok, extra, jnp.asarray(e, k_ss.dtype))
     ok = ok | e_ok
+  jax.debug.callback(_log_raised_ridge, extra, reg, n)
   return attempt(k_ss, y_s, extra)
+
+
+_raised = {"count": 0}
+
+
+def _log_raised_ridge(extra, reg, n) -> None:
+  """Host side of :func:`solve`: reports a ridge raised beyond ``reg`` (rate-limited)."""
+  extra = np.max(np.asarray(extra))
+  if extra <= 0:
+    return
+  _raised["count"] += 1
+  count = _raised["count"]
+  level = logging.WARNING if math.log10(count).is_integer() else logging.DEBUG
+  logger.log(level, "KRR: the %d x %d support kernel is not numerically positive definite at "
+             "reg=%g; solved with reg=%g instead (raised %d time(s) so far). Use float64 or a "
+             "larger reg to avoid it.", n, n, float(np.max(np.asarray(reg))),
+             float(np.max(np.asarray(reg))) + float(extra), count)
 
 
 def kernel_matrix(kernel_fn: Callable, x1: jax.Array, x2: Optional[jax.Array], get: str,

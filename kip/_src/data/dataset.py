@@ -266,7 +266,8 @@ def from_arrays(name: str, x_train: ArrayLike, y_train: ArrayLike, x_test: Array
     y_test: ``(m,)`` integer labels.
     num_classes: defaults to ``len(class_names)``, else ``1 + max label`` over both splits.
     class_names: defaults to ``('0', '1', ...)``.
-    preprocess: ``'none'``, ``'standardize'`` or ``'zca'`` (see :func:`kip.data.fit`).
+    preprocess: ``'none'``, ``'standardize'``, ``'zca'`` (the KIP reference recipe) or
+      ``'zca_centered'`` (see :func:`kip.data.fit`).
     zca_reg: ZCA regularisation strength (KIP uses 0.1).
 
   Returns:

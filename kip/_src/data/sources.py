@@ -337,7 +337,8 @@ def load(name: str, *, data_dir: str | os.PathLike | None = None,
     data_dir: folder with the dataset's files (see :func:`resolve_data_dir`); if it lacks
       them, ``FileNotFoundError`` lists what was looked for, unless it holds a prepared TFDS
       copy. For TFDS-only datasets (``'svhn_cropped'``) it is TFDS's data directory.
-    preprocess: ``'none'``, ``'standardize'`` or ``'zca'`` (see :func:`kip.data.fit`).
+    preprocess: ``'none'``, ``'standardize'``, ``'zca'`` (the KIP reference recipe) or
+      ``'zca_centered'`` (see :func:`kip.data.fit`).
     zca_reg: ZCA regularisation strength (KIP uses 0.1).
     n_train: if given, a class-balanced subset of this many training examples.
     n_test: if given, a class-balanced subset of this many test examples.

@@ -82,13 +82,6 @@ def _set_at(params, path, value):
   return type(params)(items)
 
 
-def _pad_rows(x: jax.Array, multiple: int) -> jax.Array:
-  extra = (-x.shape[0]) % multiple
-  if extra == 0:
-    return x
-  return jnp.concatenate([x, jnp.repeat(x[-1:], extra, axis=0)], axis=0)
-
-
 @dataclasses.dataclass(frozen=True, eq=False)
 class RandomFeatureKernel:
   """Random-feature NNGP estimate :math:`\\hat K = \\Phi \\Phi^\\top` of a layer's finite networks.
@@ -238,7 +231,7 @@ class RandomFeatureKernel:
     if b is None or n <= b:
       phi = chunk(x)
     else:
-      xb = _pad_rows(x, b).reshape((-1, b) + x.shape[1:])
+      xb = engine._pad_rows(x, b).reshape((-1, b) + x.shape[1:])
       phi = lax.map(jax.checkpoint(chunk), xb)  # (nb, M, b, F)
       phi = jnp.moveaxis(phi, 0, 1).reshape(self.num_models, -1, phi.shape[-1])[:, :n]
     phi = phi * scale

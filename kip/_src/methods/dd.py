@@ -81,7 +81,8 @@ from kip._src.distilled import DistilledSet
 from kip._src.matching import freeze_kwargs
 from kip._src.random import as_key, rbg_key
 from kip._src.sampling import ClassTable, uniform_indices
-from kip._src.transfer import trainer as transfer_trainer
+from kip._src.transfer import ntk as transfer_ntk
+from kip._src.transfer import train as transfer_train
 from kip._src.transfer.train import TransferResult
 
 __all__ = ["DDConfig", "DDState", "DDEvaluation", "INITS", "BATCHINGS", "IMAGE_INITS",
@@ -543,7 +544,7 @@ def _num_batches(meta: Mapping[str, Any]) -> int:
 
 def _lambda_max(net, thetas: Sequence[Any], images: np.ndarray) -> float:
   """Mean largest eigenvalue of the empirical NTK on ``images`` over the given networks."""
-  return float(np.mean([transfer_trainer.ntk_max_eigenvalue(net, t, images) for t in thetas]))
+  return float(np.mean([transfer_ntk.ntk_max_eigenvalue(net, t, images) for t in thetas]))
 
 
 @functools.lru_cache(maxsize=32)
@@ -670,7 +671,7 @@ def train_networks(distilled: DistilledSet, dataset, key: Any = 0, restarts: int
     scores = []
     for c in tune_grid:
       trained = train(tune_thetas, jnp.full(learned.shape, base * c, jnp.float32))
-      acc = transfer_trainer.group_accuracies(net, trained, x_tr[rows], y_tr[rows], batch_size)
+      acc = transfer_train.group_accuracies(net, trained, x_tr[rows], y_tr[rows], batch_size)
       scores.append(float(np.nan_to_num(np.mean(acc), nan=-1.0)))
     best = int(np.argmax(scores))
     scale = base * float(tune_grid[best])
@@ -732,9 +733,9 @@ def evaluate_dd(distilled: DistilledSet, dataset, key: Any = 0, restarts: int = 
   _, seed = as_key(key)
   x_test = np.asarray(dataset.x_test, np.float32)
   y_test = np.asarray(dataset.y_test)
-  init_accs = transfer_trainer.group_accuracies(nets.model, nets.initial, x_test, y_test,
+  init_accs = transfer_train.group_accuracies(nets.model, nets.initial, x_test, y_test,
                                                 batch_size)
-  accs = [float(a) for a in transfer_trainer.group_accuracies(nets.model, nets.trained, x_test,
+  accs = [float(a) for a in transfer_train.group_accuracies(nets.model, nets.trained, x_test,
                                                               y_test, batch_size)]
   result = DDEvaluation(
       accuracies=tuple(accs), mean=float(np.mean(accs)), std=float(np.std(accs)),

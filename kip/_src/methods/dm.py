@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, NamedTuple, Optional
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
@@ -39,7 +39,7 @@ from kip._src import matching
 from kip._src.algorithm import Algorithm
 from kip._src.distilled import DistilledSet
 from kip._src.features import readout_input
-from kip._src.methods.dc import matching_config_dict
+from kip._src.methods.dc import DCState, matching_config_dict
 from kip._src.random import rbg_key
 from kip._src.sampling import ClassTable
 
@@ -91,17 +91,7 @@ class DMConfig:
     return matching_config_dict(self)
 
 
-class DMState(NamedTuple):
-  """State of a DM run.
-
-  Attributes:
-    images: ``(K * ipc, H, W, C)`` synthetic images, class-major.
-    opt_state: state of the image optimizer.
-    count: ``()`` int32, completed steps.
-  """
-  images: jax.Array
-  opt_state: Any
-  count: jax.Array
+DMState = DCState  # synthetic images, image-optimizer state, count (as DC)
 
 
 def embed(model: nn.Module, params, x: jax.Array) -> jax.Array:

@@ -17,14 +17,18 @@ Conventions shared by every recipe:
   added to the gradient before the momentum trace, i.e. the loss gains
   :math:`\\tfrac{wd}{2}\\lVert\\theta\\rVert^2`. It applies to every parameter (biases and norm
   scales included), as in the PyTorch reference code.
-* ``loss='mse'``: :math:`\\tfrac12\\,\\mathrm{mean}_{i,k}(f_k(x_i) - y_{ik})^2` against the
-  labels exactly as given (one-hot, learned or label-solved; never argmaxed).
-* ``loss='xent'``: :math:`-\\mathrm{mean}_i \\sum_k t_{ik} \\log\\mathrm{softmax}(f(x_i))_k`
-  with target distributions ``t``: if every label row is a probability vector (entries
-  >= 0, rows summing to 1 within 1e-3: one-hot and soft labels) the labels are used as they
-  are; otherwise (learned KIP labels, with negative entries or other row sums) *all* rows are
-  mapped to ``t = softmax(labels)`` (temperature 1), which keeps their ranking and relative
-  margins.
+* Targets (``label_targets='reference'``, the default), as the KIP transfer notebook
+  (google-research/kip ``nn_training.ipynb``) builds them: ``loss='mse'``,
+  :math:`\\tfrac12\\,\\mathrm{mean}_{i,k}(f_k(x_i) - t_{ik})^2`, regresses on *centred* labels:
+  plain 0/1 one-hot rows become :math:`t = e_y - 1/K` (the notebook's ``shift``; 0.5 for
+  ``K = 1``), and any other rows (learned or label-solved labels, already centred one-hot) are
+  used as given. ``loss='xent'``,
+  :math:`-\\mathrm{mean}_i \\sum_k t_{ik} \\log\\mathrm{softmax}(f(x_i))_k`, trains on
+  :math:`t = \\mathrm{one\\_hot}(\\arg\\max_k y_{ik})` ("Recover one-hot label even for the
+  learned labels").
+* ``label_targets='as_given'`` (this library's earlier rule): ``'mse'`` on the labels exactly
+  as given; ``'xent'`` on the labels if every row is a probability vector (entries >= 0, row
+  sums 1 within 1e-3), else on ``softmax(labels)`` for all rows.
 * Length: ``steps`` if set, else ``epochs * ceil(n / batch_size)``; a set smaller than the
   batch is one batch per step.
 """
@@ -35,9 +39,10 @@ import dataclasses
 import math
 from typing import Any, Mapping
 
-__all__ = ["Recipe", "get_recipe", "apply_overrides", "RECIPE_NAMES"]
+__all__ = ["Recipe", "get_recipe", "apply_overrides", "RECIPE_NAMES", "LABEL_TARGETS"]
 
 _LOSSES = ("mse", "xent")
+LABEL_TARGETS = ("reference", "as_given")
 _SCHEDULES = ("cosine", "step_half")
 
 
@@ -47,8 +52,8 @@ class Recipe:
 
   Attributes:
     name: preset name it derives from (for reports).
-    loss: ``'mse'`` (regression on the labels as given) or ``'xent'`` (softmax
-      cross-entropy on target distributions; see the module docstring for the rule).
+    loss: ``'mse'`` (regression) or ``'xent'`` (softmax cross-entropy); the targets each
+      trains on are set by ``label_targets`` (module docstring).
     learning_rate: peak learning rate of SGD with momentum.
     momentum: heavy-ball momentum (PyTorch / optax ``sgd`` convention, no dampening).
     weight_decay: coupled L2 coefficient (gradient gains ``weight_decay * theta``).
@@ -60,6 +65,8 @@ class Recipe:
       as DC's ``lr *= 0.1`` at ``epoch == Epoch // 2``).
     augment: the protocol trains on augmented batches; ``train`` then requires an
       ``augment_fn``.
+    label_targets: ``'reference'`` (centred one-hot for MSE, argmax one-hot for
+      cross-entropy) or ``'as_given'`` (see the module docstring).
   """
   name: str
   loss: str
@@ -71,10 +78,14 @@ class Recipe:
   epochs: int | None = None
   schedule: str = "cosine"
   augment: bool = False
+  label_targets: str = "reference"
 
   def __post_init__(self):
     if self.loss not in _LOSSES:
       raise ValueError(f"loss={self.loss!r} is not supported; use one of {list(_LOSSES)}.")
+    if self.label_targets not in LABEL_TARGETS:
+      raise ValueError(f"label_targets={self.label_targets!r} is not supported; use one of "
+                       f"{list(LABEL_TARGETS)}.")
     if self.schedule not in _SCHEDULES:
       raise ValueError(f"schedule={self.schedule!r} is not supported; use one of "
                        f"{list(_SCHEDULES)}.")

@@ -40,7 +40,8 @@ from kip._src.transfer import models as models_lib
 from kip._src.transfer import recipes as recipes_lib
 from kip._src.transfer.recipes import Recipe
 
-__all__ = ["AugmentFn", "TransferResult", "train", "accuracy", "evaluate", "evaluate_full",
+__all__ = ["AugmentFn", "TransferResult", "train", "accuracy", "group_accuracies", "evaluate",
+           "evaluate_full",
            "evaluate_random", "make_optimizer", "training_targets"]
 
 logger = logging.getLogger(__name__)
@@ -56,24 +57,39 @@ class AugmentFn(Protocol):
 
 
 # ---------------------------------------------------------------------------- targets / loss
-def training_targets(labels: Any, loss: str) -> np.ndarray:
+def training_targets(labels: Any, loss: str, label_targets: str = "reference") -> np.ndarray:
   """The regression or cross-entropy targets a recipe's loss is computed against.
 
-  ``'mse'``: the labels unchanged. ``'xent'``: unchanged if every row is a probability vector
-  (entries >= 0, row sums 1 within 1e-3); otherwise ``softmax(labels)`` on every row.
+  ``label_targets='reference'`` (the KIP transfer notebook): ``'mse'`` regresses on centred
+  labels, :math:`t = e_y - 1/K` for rows that are plain 0/1 one-hot vectors, any other row as
+  given; ``'xent'`` on :math:`\\mathrm{one\\_hot}(\\arg\\max_k y_{ik})`.
+  ``label_targets='as_given'``: ``'mse'`` on the labels unchanged; ``'xent'`` unchanged if
+  every row is a probability vector (entries >= 0, row sums 1 within 1e-3), otherwise
+  ``softmax(labels)`` on every row.
 
   Args:
     labels: ``(n, K)`` float labels.
     loss: ``'mse'`` or ``'xent'``.
+    label_targets: ``'reference'`` or ``'as_given'``.
 
   Returns:
     ``(n, K)`` float32 targets.
   """
   labels = np.asarray(labels, np.float32)
+  if loss not in ("mse", "xent"):
+    raise ValueError(f"loss={loss!r} is not supported; use 'mse' or 'xent'.")
+  if label_targets not in recipes_lib.LABEL_TARGETS:
+    raise ValueError(f"label_targets={label_targets!r} is not supported; use one of "
+                     f"{list(recipes_lib.LABEL_TARGETS)}.")
+  k = labels.shape[1]
+  if label_targets == "reference":
+    if loss == "xent":
+      return np.eye(k, dtype=np.float32)[np.argmax(labels, axis=1)]
+    plain = np.all((labels == 0) | (labels == 1), axis=1) & (labels.sum(axis=1) == 1)
+    shift = np.float32(1.0 / k if k > 1 else 0.5)
+    return np.where(plain[:, None], labels - shift, labels).astype(np.float32)
   if loss == "mse":
     return labels
-  if loss != "xent":
-    raise ValueError(f"loss={loss!r} is not supported; use 'mse' or 'xent'.")
   if (labels >= 0).all() and np.allclose(labels.sum(axis=1), 1.0, atol=1e-3):
     return labels
   logger.info("labels are not probability vectors; cross-entropy uses softmax(labels).")
@@ -280,20 +296,25 @@ def train(model: nn.Module, images: Any, labels: Any, recipe: Recipe | str, key:
   _check_augment(recipe, augment_fn)
   images = _as_images(images)
   labels = _as_labels(labels, images.shape[0], getattr(model, "num_classes", None))
-  targets = training_targets(labels, recipe.loss)
+  targets = training_targets(labels, recipe.loss, recipe.label_targets)
   trainer = _trainer(model, recipe, images.shape[0], augment_fn, False)
   stacked = trainer.fit(jnp.asarray(key)[None], jnp.asarray(images), jnp.asarray(targets))
   return jax.tree.map(lambda a: a[0], stacked)
 
 
 # ---------------------------------------------------------------------------- accuracy
+def _as_class_indices(y: Any) -> np.ndarray:
+  y = np.asarray(y)
+  return np.argmax(y, axis=1) if y.ndim == 2 else y.astype(np.int64)
+
+
 @functools.partial(jax.jit, static_argnums=0)
 def _predict_group(model: nn.Module, variables: Variables, x: jax.Array) -> jax.Array:
   return jax.vmap(lambda v: jnp.argmax(model.apply(v, x, train=False), axis=-1))(variables)
 
 
-def _group_accuracies(model: nn.Module, variables: Variables, x: np.ndarray, y: np.ndarray,
-                      batch_size: int) -> np.ndarray:
+def group_accuracies(model: nn.Module, variables: Variables, x: np.ndarray, y: np.ndarray,
+                     batch_size: int) -> np.ndarray:
   """Accuracy of each of the stacked networks on ``(x, y)``; one compile (padded last batch)."""
   n = x.shape[0]
   if n == 0:
@@ -309,11 +330,6 @@ def _group_accuracies(model: nn.Module, variables: Variables, x: np.ndarray, y: 
     pred = np.asarray(_predict_group(model, variables, jnp.asarray(xb)))[:, :len(yb)]
     correct = correct + (pred == yb[None]).sum(axis=1)
   return correct / n
-
-
-def _as_class_indices(y: Any) -> np.ndarray:
-  y = np.asarray(y)
-  return np.argmax(y, axis=1) if y.ndim == 2 else y.astype(np.int64)
 
 
 def accuracy(model: nn.Module, params: Variables, x: Any, y: Any, batch_size: int = 1000
@@ -335,7 +351,7 @@ def accuracy(model: nn.Module, params: Variables, x: Any, y: Any, batch_size: in
   if y.shape[0] != x.shape[0]:
     raise ValueError(f"{y.shape[0]} labels for {x.shape[0]} images; they must match.")
   stacked = jax.tree.map(lambda a: jnp.asarray(a)[None], params)
-  return float(_group_accuracies(model, stacked, x, y, batch_size)[0])
+  return float(group_accuracies(model, stacked, x, y, batch_size)[0])
 
 
 # ---------------------------------------------------------------------------- protocol
@@ -497,7 +513,7 @@ def _run_protocol(*, images: np.ndarray, targets: np.ndarray, per_restart_data: 
       else:
         im, tg = shared_images, shared_targets
       variables = trainer.fit(keys[lo:hi], im, tg, bar)
-      accs = _group_accuracies(model, variables, x_test, y_test,
+      accs = group_accuracies(model, variables, x_test, y_test,
                                max(1, eval_batch_size // (hi - lo)))
       accuracies.extend(float(a) for a in accs)
   accs = np.asarray(accuracies)
@@ -573,7 +589,7 @@ def evaluate(distilled: DistilledSet | tuple[Any, Any], dataset: Any, *,
     raise ValueError(f"images have shape {images.shape[1:]} but the data set's are "
                      f"{tuple(dataset.x_test.shape[1:])}.")
   labels = _as_labels(labels, images.shape[0], k)
-  return _run_protocol(images=images, targets=training_targets(labels, recipe.loss),
+  return _run_protocol(images=images, targets=training_targets(labels, recipe.loss, recipe.label_targets),
                        per_restart_data=False, dataset=dataset, model=model, model_name=name,
                        recipe=recipe, restarts=restarts, seed=seed, augment_fn=augment_fn,
                        vmap_restarts=vmap_restarts, progress=progress)
@@ -595,7 +611,7 @@ def evaluate_full(dataset: Any, *, model: str | nn.Module = "convnet",
                                               recipe_overrides, restarts)
   images = _as_images(dataset.x_train, "dataset.x_train")
   labels = _as_labels(np.asarray(dataset.y_train), images.shape[0], k)
-  return _run_protocol(images=images, targets=training_targets(labels, recipe.loss),
+  return _run_protocol(images=images, targets=training_targets(labels, recipe.loss, recipe.label_targets),
                        per_restart_data=False, dataset=dataset, model=model, model_name=name,
                        recipe=recipe, restarts=restarts, seed=seed, augment_fn=augment_fn,
                        vmap_restarts=vmap_restarts, progress=progress)
