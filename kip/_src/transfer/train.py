@@ -35,6 +35,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from kip._src import driver
 from kip._src.distilled import DistilledSet
 from kip._src.transfer import models as models_lib
 from kip._src.transfer import recipes as recipes_lib
@@ -183,18 +184,32 @@ class _Trainer:
 
   def fit(self, keys: jax.Array, images: jax.Array, targets: jax.Array,
           bar: Any | None = None) -> Variables:
-    """Trains ``len(keys)`` networks; returns their stacked variables (leading restart axis)."""
+    """Trains ``len(keys)`` networks; returns their stacked variables (leading restart axis).
+
+    The steps run in the library's one loop (:func:`kip._src.driver.iterate`); each network
+    draws its batches from its own data key, so the loop key is unused. Metrics are fetched
+    about 50 times per run, which bounds the dispatch queue and keeps ``bar`` honest.
+    """
     state = self.init(keys, images)
-    chunk = max(1, math.ceil(self.num_steps / 50))
-    reported = 0
-    for t in range(1, self.num_steps + 1):
-      state = self.step(state, images, targets)
-      if t % chunk == 0 or t == self.num_steps:
-        jax.block_until_ready(state.loss)  # bounds the dispatch queue; keeps the bar honest
-        if bar is not None:
-          bar.update((t - reported) * len(keys))
-        reported = t
-    finite = np.asarray(jnp.isfinite(state.loss) & _all_finite(state.params))
+    reported = [0]
+
+    def step(state, data, unused_key):
+      state = self.step(state, *data)
+      return state, {"loss": state.loss}
+
+    def advance(t, unused_metrics):
+      if bar is not None:
+        bar.update((t - reported[0]) * len(keys))
+      reported[0] = t
+
+    try:
+      state, _ = driver.iterate(step, state, (images, targets), self.num_steps,
+                                key=jax.random.PRNGKey(0), watch_loss=False, progress=False,
+                                sync_every=max(1, math.ceil(self.num_steps / 50)),
+                                callback=advance, desc="transfer")
+      finite = np.asarray(jnp.isfinite(state.loss) & _all_finite(state.params))
+    except driver.DivergenceError:
+      finite = np.zeros(len(keys), bool)
     if not finite.all():
       raise ValueError(f"training diverged (NaN or inf loss/parameters) in "
                        f"{int((~finite).sum())} of {len(keys)} networks; lower the recipe's "
