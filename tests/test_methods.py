@@ -2,6 +2,7 @@
 that ends bit-identical to the uninterrupted one (on digits, tiny settings)."""
 
 import importlib
+import json
 
 import jax
 import numpy as np
@@ -18,7 +19,9 @@ TINY = {
     "dsa": dict(model_kwargs=(("width", 8),), outer_loop=1, inner_loop=1, batch_real=16),
     "dm": dict(model_kwargs=(("width", 8),), batch_real=16),
     "dd": dict(),
-    "poison": dict(),
+    "poison": dict(model="fc", model_kwargs=(("width", 8),), pool_size=2, nets_per_step=1,
+                   distill_epochs=1, batch_size=16,
+                   pretrain_recipe={"name": "dc", "steps": 5, "batch_size": 16}),
 }
 
 
@@ -46,7 +49,7 @@ def _steps(algorithm):
   return algorithm.default_steps
 
 
-NAMES = [n for n in methods.names() if n != "poison"]
+NAMES = methods.names()
 
 
 def test_registry_lists_descriptions():
@@ -102,15 +105,16 @@ def _cli_options(name):
   out = []
   for k, v in TINY.get(name, {}).items():
     if k in cls.__dataclass_fields__:
-      value = "[" + ",".join(f'["{a}",{b}]' for a, b in v) + "]" if isinstance(v, tuple) else v
+      if isinstance(v, tuple):
+        value = "[" + ",".join(f'["{a}",{b}]' for a, b in v) + "]"
+      else:
+        value = json.dumps(v) if isinstance(v, dict) else v
       out += ["--option", f"{k}={value}"]
   return out
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_cli_every_method_interrupt_and_resume(name, tmp_path, monkeypatch):
-  import json
-
   from kip import cli
   from kip._src import driver
   if not _available(name):

@@ -38,7 +38,7 @@ import dataclasses
 import functools
 import logging
 import time
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, Mapping, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -104,7 +104,9 @@ class PoisonConfig:
     nets_per_step: pool networks sampled (without replacement) per outer step (reference 4).
     pool_seed: the pool's networks are pretrained from ``fold_in(PRNGKey(pool_seed), i)``.
     pretrain_recipe: ``kip.transfer`` recipe of the default pretraining (``None``: the
-      ``'dc'`` recipe with 500 steps of batch 256).
+      ``'dc'`` recipe with 500 steps of batch 256); a preset name or a mapping
+      ``{'name': preset, field: value, ...}`` (as the CLI's ``--option`` gives) is turned
+      into that recipe.
     remat: ``jax.checkpoint`` each unrolled step.
   """
   images_per_class: int = 1
@@ -161,9 +163,16 @@ class PoisonConfig:
       v = getattr(self, name)
       if isinstance(v, bool) or not (np.isfinite(v) and v > 0):
         raise ValueError(f"{name} must be a positive finite number; got {v!r}.")
+    if isinstance(self.pretrain_recipe, str):  # a preset name (CLI: --option)
+      object.__setattr__(self, "pretrain_recipe", recipes_lib.get_recipe(self.pretrain_recipe))
+    elif isinstance(self.pretrain_recipe, Mapping):  # {'name': preset, field: value, ...}
+      fields = dict(self.pretrain_recipe)
+      preset = fields.pop("name", "dc")
+      object.__setattr__(self, "pretrain_recipe", recipes_lib.get_recipe(preset, **fields))
     if self.pretrain_recipe is not None and not isinstance(self.pretrain_recipe,
                                                            recipes_lib.Recipe):
-      raise ValueError(f"pretrain_recipe must be a kip.transfer.Recipe or None; got "
+      raise ValueError(f"pretrain_recipe must be a kip.transfer.Recipe, a preset name, a "
+                       f"mapping {{'name': preset, field: value}} or None; got "
                        f"{self.pretrain_recipe!r}.")
     unroll.arrange_classes(self.images_per_class, 1, self.num_batches)
 
