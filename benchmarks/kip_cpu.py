@@ -16,9 +16,6 @@ import logging
 import os
 import time
 
-import jax.numpy as jnp
-import numpy as np
-
 import kip
 from benchmarks import common
 

@@ -4,7 +4,6 @@ that ends bit-identical to the uninterrupted one (on digits, tiny settings)."""
 import importlib
 import json
 
-import jax
 import numpy as np
 import pytest
 

@@ -40,7 +40,8 @@ from typing import Any, Callable, Mapping, NamedTuple, Optional, Protocol
 
 import jax
 
-__all__ = ["Algorithm", "InitFn", "DataFn", "StepFn", "ResultFn", "Metrics", "config_dict"]
+__all__ = ["Algorithm", "InitFn", "DataFn", "StepFn", "ResultFn", "Metrics", "config_dict",
+           "cached_step"]
 
 Metrics = Mapping[str, jax.Array]
 
@@ -102,3 +103,17 @@ def config_dict(config: Any) -> dict[str, Any]:
   """A frozen config dataclass as a JSON-ready dict (tuples become lists)."""
   import json
   return json.loads(json.dumps(dataclasses.asdict(config), default=str))
+
+
+def cached_step(step_factory: Callable[..., Any], config: Any, *components: Any) -> Any:
+  """``step_factory(config with steps=1, *components)`` through its ``functools.lru_cache``.
+
+  The jitted step never reads ``config.steps``, so runs that differ only in length share one
+  compiled step. Components that cannot be hashed (a user's optax optimizer) bypass the cache
+  (``step_factory.__wrapped__``) instead of failing.
+  """
+  key = dataclasses.replace(config, steps=1)
+  try:
+    return step_factory(key, *components)
+  except TypeError:  # an unhashable component: no cache
+    return step_factory.__wrapped__(key, *components)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from typing import Callable, Optional, Protocol, Union
+from typing import Callable, Optional, Protocol
 
 import jax
 import jax.numpy as jnp

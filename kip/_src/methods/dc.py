@@ -48,7 +48,7 @@ from kip._src import augment as aug_lib
 from kip._src import driver
 from kip._src import losses
 from kip._src import matching
-from kip._src.algorithm import Algorithm, config_dict
+from kip._src.algorithm import Algorithm, cached_step, config_dict
 from kip._src.distilled import DistilledSet
 from kip._src.random import rbg_key
 from kip._src.sampling import ClassTable
@@ -259,11 +259,7 @@ def make_gradient_matching(name: str, config, *,
   ipc = config.images_per_class
   outer, inner = config.loops()
   img_opt, _ = _optimizers(config, image_optimizer, net_optimizer)
-  key = dataclasses.replace(config, steps=1)  # the step does not read `steps`
-  try:
-    step = _step_fn(key, image_optimizer, net_optimizer)
-  except TypeError:  # an unhashable user optimizer: no cache
-    step = _step_fn.__wrapped__(key, image_optimizer, net_optimizer)
+  step = cached_step(_step_fn, config, image_optimizer, net_optimizer)
 
   def init(key: jax.Array, dataset) -> DCState:
     matching.check_network(config, int(dataset.num_classes), dataset.x_train.shape[1:])

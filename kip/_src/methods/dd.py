@@ -76,7 +76,7 @@ import optax
 from kip._src import driver
 from kip._src import losses
 from kip._src import unroll
-from kip._src.algorithm import Algorithm, config_dict
+from kip._src.algorithm import Algorithm, cached_step, config_dict
 from kip._src.distilled import DistilledSet
 from kip._src.matching import freeze_kwargs
 from kip._src.random import as_key, rbg_key
@@ -426,11 +426,7 @@ def make_dd(config: DDConfig, *, optimizer: Optional[optax.GradientTransformatio
     ``outer_lr``.
   """
   tx = optimizer if optimizer is not None else unroll.outer_optimizer()
-  key_config = dataclasses.replace(config, steps=1)  # the step does not read `steps`
-  try:
-    step = _step_fn(key_config, optimizer)
-  except TypeError:  # an unhashable user optimizer: no cache
-    step = _step_fn.__wrapped__(key_config, optimizer)
+  step = cached_step(_step_fn, config, optimizer)
 
   def init(key: jax.Array, dataset) -> DDState:
     k = int(dataset.num_classes)

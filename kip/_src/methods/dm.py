@@ -36,7 +36,7 @@ import optax
 from kip._src import augment as aug_lib
 from kip._src import driver
 from kip._src import matching
-from kip._src.algorithm import Algorithm
+from kip._src.algorithm import Algorithm, cached_step
 from kip._src.distilled import DistilledSet
 from kip._src.features import readout_input
 from kip._src.methods.dc import DCState, matching_config_dict
@@ -188,11 +188,7 @@ def make_dm(config: DMConfig, *,
   """
   ipc = config.images_per_class
   opt = _image_optimizer(config, image_optimizer)
-  key = dataclasses.replace(config, steps=1)  # the step does not read `steps`
-  try:
-    step = _step_fn(key, image_optimizer)
-  except TypeError:  # an unhashable user optimizer: no cache
-    step = _step_fn.__wrapped__(key, image_optimizer)
+  step = cached_step(_step_fn, config, image_optimizer)
 
   def init(key: jax.Array, dataset) -> DMState:
     matching.check_network(config, int(dataset.num_classes), dataset.x_train.shape[1:])

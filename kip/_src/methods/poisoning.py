@@ -48,7 +48,7 @@ import optax
 from kip._src import driver
 from kip._src import losses
 from kip._src import unroll
-from kip._src.algorithm import Algorithm, config_dict
+from kip._src.algorithm import Algorithm, cached_step, config_dict
 from kip._src.distilled import DistilledSet
 from kip._src.matching import freeze_kwargs
 from kip._src.methods.dd import IMAGE_INITS as _DD_IMAGE_INITS
@@ -393,11 +393,7 @@ def make_poison(config: PoisonConfig, *, pretrained_params_fn: Optional[Pretrain
     batch's :math:`K` images), ``lr_mean`` and ``outer_lr``.
   """
   tx = optimizer if optimizer is not None else unroll.outer_optimizer()
-  key_config = dataclasses.replace(config, steps=1)
-  try:
-    step = _step_fn(key_config, optimizer)
-  except TypeError:
-    step = _step_fn.__wrapped__(key_config, optimizer)
+  step = cached_step(_step_fn, config, optimizer)
 
   def _check(dataset):
     k = int(dataset.num_classes)
