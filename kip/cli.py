@@ -187,6 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
   e.add_argument("--recipe", default=None, help="kip or dc (default: kip for kip/ls sets)")
   e.add_argument("--restarts", type=_count(1), default=10, help="networks trained")
   e.add_argument("--steps", type=_count(1), default=None, help="override the recipe's steps")
+  e.add_argument("--tune", action="store_true", help="choose the networks' learning rate (NTK "
+                 "rule x factor) and L2 on a validation split of the training set first")
+  e.add_argument("--validation-size", type=_count(1), default=5000,
+                 help="training images held out for --tune (taken from the end)")
   e.add_argument("--seed", type=_count(0), default=0, help="PRNG seed")
   e.add_argument("--num-test", type=_count(1), default=None, help="test images (default all)")
   e.add_argument("--no-progress", action="store_true", help="no progress output")
@@ -428,9 +432,10 @@ def _cmd_evaluate(args, argv) -> int:
     from kip import transfer
     recipe = args.recipe or ("kip" if distilled.method in ("kip", "ls") else "dc")
     overrides = {} if args.steps is None else {"steps": args.steps}
+    tune = transfer.Tune(validation_size=args.validation_size) if args.tune else None
     r = transfer.evaluate(distilled, ds, model=args.model, recipe=recipe,
                           restarts=args.restarts, seed=args.seed,
-                          recipe_overrides=overrides, progress=not args.no_progress)
+                          recipe_overrides=overrides, progress=not args.no_progress, tune=tune)
     result["transfer"] = r.to_dict()
   print(json.dumps(result))
   return 0

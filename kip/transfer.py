@@ -30,6 +30,9 @@ from kip._src.transfer.train import evaluate_random
 from kip._src.transfer.train import make_optimizer
 from kip._src.transfer.train import train
 from kip._src.transfer.train import training_targets
+from kip._src.transfer.ntk import ntk_learning_rate
+from kip._src.transfer.ntk import ntk_max_eigenvalue
+from kip._src.transfer.tuning import Tune
 
 __all__ = (
     "AlexNetSmall",
@@ -42,6 +45,7 @@ __all__ = (
     "Recipe",
     "ResNet",
     "TransferResult",
+    "Tune",
     "accuracy",
     "apply_overrides",
     "evaluate",
@@ -50,6 +54,8 @@ __all__ = (
     "get_model",
     "get_recipe",
     "make_optimizer",
+    "ntk_learning_rate",
+    "ntk_max_eigenvalue",
     "train",
     "training_targets",
 )

@@ -94,6 +94,17 @@ def test_evaluate_prints_accuracy(run):
   assert result["krr_test_accuracy"] == pytest.approx(summary["krr_test_accuracy"])
 
 
+def test_evaluate_tuned_transfer(run):
+  d, _ = run
+  code, out, err = _main(["evaluate", d / "distilled.npz", "--model", "fc", "--steps", "20",
+                          "--restarts", "2", "--tune", "--validation-size", "200",
+                          "--no-progress"])
+  assert code == 0, err
+  t = json.loads(out.strip().splitlines()[-1])["transfer"]
+  assert t["tuning"]["validation_size"] == 200 and len(t["accuracies"]) == 2
+  assert t["recipe"]["learning_rate"] == pytest.approx(t["tuning"]["chosen"]["learning_rate"])
+
+
 @pytest.mark.parametrize("explicit", [True, False])
 def test_show_writes_png(run, tmp_path, explicit):
   d, _ = run

@@ -11,6 +11,7 @@ import pytest
 
 from kip import transfer
 from kip._src.distilled import DistilledSet
+from kip._src.transfer import train as transfer_train
 from kip._src.transfer.train import _bytes_per_restart
 from kip._src.transfer.train import _group_size
 from kip._src.transfer.train import _random_subset
@@ -323,3 +324,57 @@ def test_evaluate_errors():
     transfer.evaluate((x[:, :4], y), DATA, restarts=1, **SMALL)
   with pytest.raises(ValueError, match="vmap_restarts"):
     transfer.evaluate((x, y), DATA, restarts=1, vmap_restarts="yes", **SMALL)
+
+
+# ---------------------------------------------------------------------------- tuning
+def test_evaluate_tuned_on_validation_never_the_test_set(monkeypatch):
+  """The grid is scored on the end of x_train; the test set is read only for the final run."""
+  x, y = _support()
+  seen = []
+  real = transfer_train._run_protocol
+
+  def spy(**kw):
+    seen.append(kw["dataset"].name)
+    return real(**kw)
+
+  monkeypatch.setattr(transfer_train, "_run_protocol", spy)
+  tune = transfer.Tune(validation_size=30, lr_factors=(0.5, 1.0), weight_decays=(0.0,),
+                       ntk_images=10)
+  result = transfer.evaluate((x, y), DATA, restarts=2, model="fc",
+                             model_kwargs=dict(width=16, depth=1), recipe="kip",
+                             recipe_overrides=dict(steps=50), progress=False, tune=tune)
+  assert seen == [f"{DATA.name}[validation]"] * 2 + [DATA.name]
+  t = result.tuning
+  assert t["validation_size"] == 30 and t["lr_rule"] == "ntk" and len(t["grid"]) == 2
+  assert t["base_learning_rate"] > 0
+  best = max(t["grid"], key=lambda p: p["val_accuracy"])
+  assert t["chosen"]["lr_factor"] == best["lr_factor"]
+  assert result.recipe["learning_rate"] == pytest.approx(t["chosen"]["learning_rate"])
+  assert "tuned on 30 validation images" in str(result)
+  assert result.restarts == 2
+
+
+def test_tuning_lr_is_the_ntk_rule():
+  """lr = factor * 2 m K / lambda_max of the network's empirical NTK on ntk_images images."""
+  model = transfer.get_model("fc", 3, width=16, depth=1)
+  x = jnp.asarray(DATA.x_train[:10])
+  variables = model.init(jax.random.PRNGKey(0), x[:1], train=False)
+  flat = lambda p: model.apply(p, x, train=False).sum(-1) / np.sqrt(3)  # noqa: E731
+  jac = jax.jacobian(flat)(variables)
+  j = np.concatenate([np.asarray(a).reshape(10, -1) for a in jax.tree.leaves(jac)], axis=1)
+  lam = np.linalg.eigvalsh(j @ j.T).max()
+  np.testing.assert_allclose(transfer.ntk_max_eigenvalue(model, variables, x), lam, rtol=1e-3)
+  np.testing.assert_allclose(transfer.ntk_learning_rate(model, variables, x),
+                             2 * 10 * 3 / lam, rtol=1e-3)
+
+
+def test_tuning_bad_input():
+  x, y = _support()
+  with pytest.raises(ValueError, match="tune=None to disable tuning"):
+    transfer.evaluate((x, y), DATA, restarts=1, tune=dict(validation_size=10_000), **SMALL)
+  with pytest.raises(ValueError, match="lr_factors must be positive"):
+    transfer.Tune(lr_factors=(0.0,))
+  with pytest.raises(ValueError, match="lr_rule"):
+    transfer.Tune(lr_rule="adam")
+  with pytest.raises(ValueError, match="tune must be None, True"):
+    transfer.evaluate((x, y), DATA, restarts=1, tune="yes", **SMALL)

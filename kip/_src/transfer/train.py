@@ -38,7 +38,9 @@ from tqdm.auto import tqdm
 from kip._src import driver
 from kip._src.distilled import DistilledSet
 from kip._src.transfer import models as models_lib
+from kip._src.transfer import ntk as ntk_lib
 from kip._src.transfer import recipes as recipes_lib
+from kip._src.transfer import tuning as tuning_lib
 from kip._src.transfer.recipes import Recipe
 
 __all__ = ["AugmentFn", "TransferResult", "train", "accuracy", "group_accuracies", "evaluate",
@@ -385,6 +387,9 @@ class TransferResult:
     dataset: name of the evaluation data set.
     seed: the seed the restart keys were split from.
     seconds: wall time of training and evaluation.
+    tuning: with ``evaluate(..., tune=...)``: the validation search (``validation_size``,
+      ``lr_rule``, ``base_learning_rate``, every ``grid`` point with its ``val_accuracy``,
+      the ``chosen`` point); ``None`` otherwise.
   """
   accuracies: tuple[float, ...]
   mean: float
@@ -396,6 +401,7 @@ class TransferResult:
   dataset: str
   seed: int
   seconds: float
+  tuning: dict[str, Any] | None = None
 
   @property
   def restarts(self) -> int:
@@ -410,7 +416,13 @@ class TransferResult:
 
   def __str__(self) -> str:
     word = "restart" if self.restarts == 1 else "restarts"
-    return f"{100 * self.mean:.2f} ± {100 * self.std:.2f} % ({self.restarts} {word})"
+    out = f"{100 * self.mean:.2f} ± {100 * self.std:.2f} % ({self.restarts} {word})"
+    if self.tuning:
+      c = self.tuning["chosen"]
+      out += (f" [tuned on {self.tuning['validation_size']} validation images: lr "
+              f"{c['learning_rate']:.4g} = {c['lr_factor']:g} x {self.tuning['lr_rule']} lr, "
+              f"L2 {c['weight_decay']:g}]")
+    return out
 
 
 def _resolve_model(model: str | nn.Module, num_classes: int,
@@ -559,8 +571,13 @@ def evaluate(distilled: DistilledSet | tuple[Any, Any], dataset: Any, *,
              seed: int = 0, augment_fn: AugmentFn | None = None, num_classes: int | None = None,
              model_kwargs: dict[str, Any] | None = None,
              recipe_overrides: dict[str, Any] | None = None, vmap_restarts: Any = "auto",
-             progress: bool = True) -> TransferResult:
+             progress: bool = True, tune: Any = None) -> TransferResult:
   """Transfer accuracy: networks trained on the distilled set, tested on ``dataset.x_test``.
+
+  With ``tune``, the recipe's learning rate and L2 are first chosen on a validation split
+  carved from the end of ``dataset.x_train`` (:mod:`kip._src.transfer.tuning`: the KIP
+  notebook's NTK learning-rate rule and a grid), then ``restarts`` networks are trained with
+  the chosen values and tested; the search is in ``result.tuning`` and in ``str(result)``.
 
   Args:
     distilled: a :class:`~kip.DistilledSet` (checked with ``check_compatible(dataset)``) or
@@ -581,13 +598,16 @@ def evaluate(distilled: DistilledSet | tuple[Any, Any], dataset: Any, *,
       at once), ``False`` (one by one) or an int (group size). The results do not depend on
       it beyond floating-point reassociation.
     progress: show a ``tqdm`` bar over restarts x steps.
+    tune: ``None`` (no tuning), ``True`` (``Tune()``), a :class:`~kip.transfer.Tune` or a
+      dict of its fields.
 
   Returns:
     A :class:`TransferResult`.
 
   Raises:
     ValueError: ``restarts < 1``, image/label count or shape mismatch, a distilled set made
-      from another data set, NaN inputs, a diverged run.
+      from another data set, NaN inputs, a diverged run, a validation split that would be
+      empty (it says how to disable tuning).
   """
   if isinstance(distilled, DistilledSet):
     distilled.check_compatible(dataset)
@@ -604,10 +624,63 @@ def evaluate(distilled: DistilledSet | tuple[Any, Any], dataset: Any, *,
     raise ValueError(f"images have shape {images.shape[1:]} but the data set's are "
                      f"{tuple(dataset.x_test.shape[1:])}.")
   labels = _as_labels(labels, images.shape[0], k)
-  return _run_protocol(images=images, targets=training_targets(labels, recipe.loss, recipe.label_targets),
-                       per_restart_data=False, dataset=dataset, model=model, model_name=name,
-                       recipe=recipe, restarts=restarts, seed=seed, augment_fn=augment_fn,
-                       vmap_restarts=vmap_restarts, progress=progress)
+  targets = training_targets(labels, recipe.loss, recipe.label_targets)
+  run = functools.partial(_run_protocol, images=images, targets=targets, per_restart_data=False,
+                          model=model, model_name=name, augment_fn=augment_fn,
+                          vmap_restarts=vmap_restarts, progress=progress)
+  tune = tuning_lib.as_tune(tune)
+  if tune is None:
+    return run(dataset=dataset, recipe=recipe, restarts=restarts, seed=seed)
+  recipe, report = _tune(run, dataset, model, recipe, tune, seed)
+  result = run(dataset=dataset, recipe=recipe, restarts=restarts, seed=seed)
+  result = dataclasses.replace(result, tuning=report,
+                               seconds=result.seconds + report["seconds"])
+  logger.info("%s", result)
+  return result
+
+
+def _tune(run, dataset: Any, model: nn.Module, recipe: Recipe, tune: "tuning_lib.Tune",
+          seed: int) -> tuple[Recipe, dict[str, Any]]:
+  """Chooses the learning rate and L2 on the validation split; returns the recipe and report."""
+  start = time.perf_counter()
+  x_val, y_val = tuning_lib.validation_split(dataset, tune)
+  val = _Split(name=f"{getattr(dataset, 'name', '')}[validation]",
+               num_classes=dataset.num_classes, x_test=x_val, y_test=y_val)
+  if tune.lr_rule == "ntk":
+    x_ntk = jnp.asarray(x_val[:tune.ntk_images], jnp.float32)
+    variables = model.init(jax.random.fold_in(jax.random.PRNGKey(seed), 2), x_ntk[:1],
+                           train=False)
+    base = ntk_lib.ntk_learning_rate(model, variables, x_ntk)
+  else:
+    base = float(recipe.learning_rate)
+  points = tuning_lib.grid(tune, base)
+  for p in points:
+    trial = recipe.replace(learning_rate=p["learning_rate"], weight_decay=p["weight_decay"])
+    try:
+      res = run(dataset=val, recipe=trial, restarts=tune.restarts, seed=seed + 1)
+      p["val_accuracy"] = res.mean
+    except ValueError as e:
+      if "diverged" not in str(e):
+        raise
+      p["val_accuracy"] = float("nan")
+    logger.info("tuning: lr %.4g (%g x %s lr), L2 %g -> validation accuracy %.4f",
+                p["learning_rate"], p["lr_factor"], tune.lr_rule, p["weight_decay"],
+                p["val_accuracy"])
+  chosen = tuning_lib.choose(points)
+  report = {"validation_size": int(x_val.shape[0]), "lr_rule": tune.lr_rule,
+            "base_learning_rate": float(base), "ntk_images": int(tune.ntk_images),
+            "restarts": int(tune.restarts), "grid": points, "chosen": chosen,
+            "seconds": time.perf_counter() - start}
+  return recipe.replace(learning_rate=chosen["learning_rate"],
+                        weight_decay=chosen["weight_decay"]), report
+
+
+class _Split(NamedTuple):
+  """The fields of a data set that :func:`_run_protocol` reads, for the validation split."""
+  name: str
+  num_classes: int
+  x_test: np.ndarray
+  y_test: np.ndarray
 
 
 def evaluate_full(dataset: Any, *, model: str | nn.Module = "convnet",
@@ -626,7 +699,8 @@ def evaluate_full(dataset: Any, *, model: str | nn.Module = "convnet",
                                               recipe_overrides, restarts)
   images = _as_images(dataset.x_train, "dataset.x_train")
   labels = _as_labels(np.asarray(dataset.y_train), images.shape[0], k)
-  return _run_protocol(images=images, targets=training_targets(labels, recipe.loss, recipe.label_targets),
+  targets = training_targets(labels, recipe.loss, recipe.label_targets)
+  return _run_protocol(images=images, targets=targets,
                        per_restart_data=False, dataset=dataset, model=model, model_name=name,
                        recipe=recipe, restarts=restarts, seed=seed, augment_fn=augment_fn,
                        vmap_restarts=vmap_restarts, progress=progress)
@@ -671,7 +745,8 @@ def evaluate_random(dataset: Any, images_per_class: int, *, model: str | nn.Modu
   images = x[idx]
   labels = np.eye(k, dtype=np.float32)[y[idx]]
   return _run_protocol(images=images, targets=training_targets(
-      labels.reshape(-1, k), recipe.loss).reshape(labels.shape), per_restart_data=True,
+      labels.reshape(-1, k), recipe.loss, recipe.label_targets).reshape(labels.shape),
+                       per_restart_data=True,
                        dataset=dataset, model=model, model_name=name, recipe=recipe,
                        restarts=restarts, seed=seed, augment_fn=augment_fn,
                        vmap_restarts=vmap_restarts, progress=progress)
