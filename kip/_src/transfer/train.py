@@ -656,6 +656,8 @@ def _tune(run, dataset: Any, model: nn.Module, recipe: Recipe, tune: "tuning_lib
   points = tuning_lib.grid(tune, base)
   for p in points:
     trial = recipe.replace(learning_rate=p["learning_rate"], weight_decay=p["weight_decay"])
+    if tune.search_epochs is not None:
+      trial = trial.replace(epochs=int(tune.search_epochs), steps=None)
     try:
       res = run(dataset=val, recipe=trial, restarts=tune.restarts, seed=seed + 1)
       p["val_accuracy"] = res.mean
@@ -669,7 +671,8 @@ def _tune(run, dataset: Any, model: nn.Module, recipe: Recipe, tune: "tuning_lib
   chosen = tuning_lib.choose(points)
   report = {"validation_size": int(x_val.shape[0]), "lr_rule": tune.lr_rule,
             "base_learning_rate": float(base), "ntk_images": int(tune.ntk_images),
-            "restarts": int(tune.restarts), "grid": points, "chosen": chosen,
+            "restarts": int(tune.restarts), "search_epochs": tune.search_epochs,
+            "grid": points, "chosen": chosen,
             "seconds": time.perf_counter() - start}
   return recipe.replace(learning_rate=chosen["learning_rate"],
                         weight_decay=chosen["weight_decay"]), report

@@ -44,6 +44,8 @@ class Tune:
     ntk_images: validation images the NTK's largest eigenvalue is measured on (notebook:
       ``empirical_ntk_num_inputs = 50``).
     restarts: networks trained per grid point.
+    search_epochs: epochs of each search run (``None``: the recipe's own length); the
+      chosen values are then trained for the recipe's full length.
   """
   validation_size: int = 5000
   lr_factors: tuple[float, ...] = (0.25, 0.5, 1.0)
@@ -51,6 +53,7 @@ class Tune:
   lr_rule: str = "ntk"
   ntk_images: int = 50
   restarts: int = 1
+  search_epochs: int | None = None
 
   def __post_init__(self):
     for name in ("lr_factors", "weight_decays"):
@@ -64,7 +67,9 @@ class Tune:
       raise ValueError(f"Tune.weight_decays must be >= 0; got {self.weight_decays}.")
     if self.lr_rule not in LR_RULES:
       raise ValueError(f"Tune.lr_rule={self.lr_rule!r}; use one of {LR_RULES}.")
-    for name in ("validation_size", "ntk_images", "restarts"):
+    names = ("validation_size", "ntk_images", "restarts") + (
+        ("search_epochs",) if self.search_epochs is not None else ())
+    for name in names:
       v = getattr(self, name)
       if isinstance(v, bool) or int(v) != v or v < 1:
         raise ValueError(f"Tune.{name} must be a positive integer; got {v!r}.")
