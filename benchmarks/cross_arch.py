@@ -5,6 +5,8 @@ LS (label solve, FC kernel), random real images, herding (and k-center, DC, DSA,
 request). Columns are finite networks trained on the set with one recipe (mean ± std over
 ``--restarts`` fresh initialisations, labels used as given) and kernel ridge regression with
 the FC kernel. Every row is one fixed set; restarts vary the network initialisation only.
+Every set made here is built by the ``kip.methods`` registry and run by its driver: ``ROW_SPECS``
+maps a row to a registry method and its config options (:mod:`benchmarks.suite.methods`).
 
 CPU defaults are small on purpose and printed in the table caption: few training steps at a
 raised learning rate, reduced network widths (``--widths``; ``--preset-widths`` restores the
@@ -23,13 +25,15 @@ Fashion-MNIST ConvNet numbers of ../shared/ANCHORS.md are printed beside the Con
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import time
-
+from typing import Any, Callable, Optional
 
 import kip
 from benchmarks import common
+from benchmarks.suite import methods as suite_methods
 from benchmarks.transfer_cpu import DEFAULT_KIP_DIR, load_saved_set
 
 logger = logging.getLogger("benchmarks.cross_arch")
@@ -64,62 +68,92 @@ def _parse_widths(tokens) -> dict[str, dict[str, int]]:
   return out
 
 
+@dataclasses.dataclass(frozen=True)
+class Row:
+  """How a row's set is made: a registry method, its options and a note for the table.
+
+  Attributes:
+    method: ``kip.methods`` registry name.
+    options: ``(args, fc_kernel, model_kwargs) -> distill options`` (fields of the method's
+      config and ``kernel``, see :mod:`benchmarks.suite.methods`).
+    note: ``(config) -> str`` shown beside the row name (``None``: no note).
+    saved: ``(args) -> (path, load_saved_set keywords)`` of a set distilled elsewhere, used
+      when it fits (``None``: always distilled here).
+    save: whether a set distilled here is saved under ``--sets-dir``.
+  """
+  method: str
+  options: Optional[Callable[..., dict]] = None
+  note: Optional[Callable[[Any], str]] = None
+  saved: Optional[Callable[..., tuple]] = None
+  save: bool = False
+
+
+def _kip_fc_saved(a) -> tuple:
+  path = a.kip_fc_path
+  if path is None and a.dataset == "fashion_mnist":
+    path = os.path.join(DEFAULT_KIP_DIR, f"kip_fc_ipc{a.ipc}.npz")
+  return path, {"architecture": "fc", "depth": a.fc_depth}
+
+
+def _matching(method: str, iterations: str) -> Row:
+  """DC, DSA or DM on the (width-overridden) ConvNet, ``args.<iterations>`` steps."""
+  return Row(method,
+             lambda a, k, mk: {"steps": getattr(a, iterations),
+                               "model_kwargs": mk.get("convnet", {})},
+             lambda c: f"{c.steps} iterations, ConvNet {dict(c.model_kwargs) or 'preset'}",
+             save=True)
+
+
+ROW_SPECS: dict[str, Row] = {
+    "kip_fc": Row(
+        "kip", lambda a, k, mk: {"kernel": k, "steps": a.kip_fc_steps, "learning_rate": a.lr,
+                                 "target_batch_size": a.target_batch_size, "reg": a.reg},
+        lambda c: f"{c.steps} steps, target batch {c.target_batch_size}",
+        saved=_kip_fc_saved, save=True),
+    "kip_convnet": Row(
+        "kip", lambda a, k, mk: {"kernel": kip.kernels.convnet(), "steps": a.convnet_steps,
+                                 "learning_rate": a.lr, "reg": a.reg,
+                                 "target_batch_size": a.convnet_target_batch_size},
+        lambda c: f"only {c.steps} step{'s' * (c.steps != 1)}, target batch "
+                  f"{c.target_batch_size}",
+        saved=lambda a: (a.kip_convnet_path, {"architecture": "convnet"}), save=True),
+    "ls": Row("ls", lambda a, k, mk: {"kernel": k, "reg": a.reg}),
+    "random": Row("random"),
+    "herding": Row("herding"),
+    "kcenter": Row("kcenter"),
+    "dc": _matching("dc", "dc_iterations"),
+    "dsa": _matching("dsa", "dc_iterations"),
+    "dm": _matching("dm", "dm_iterations"),
+}
+
+
 def _make_sets(a, ds, rows, fc_kernel, model_kwargs, sets_dir, progress):
-  """Builds (or loads) the support set of every row; returns ``{row: (set, note, seconds)}``."""
+  """Builds (or loads) the support set of every row; returns ``{row: (set, note, seconds)}``.
+
+  Every set distilled here is built by the ``kip.methods`` registry and run by its driver
+  (:func:`benchmarks.suite.methods.distill`), keyed by ``--seed``.
+  """
   sets = {}
   for row in rows:
+    if row not in ROW_SPECS:
+      raise ValueError(f"unknown row {row!r}; rows: {list(ROWS)}.")
+    spec = ROW_SPECS[row]
     t = time.time()
-    note = ""
-    if row == "kip_fc":
-      path = a.kip_fc_path
-      if path is None and a.dataset == "fashion_mnist":
-        path = os.path.join(DEFAULT_KIP_DIR, f"kip_fc_ipc{a.ipc}.npz")
-      s = load_saved_set(path, ds, a.ipc, architecture="fc", depth=a.fc_depth)
+    s = None
+    if spec.saved is not None:
+      path, expect = spec.saved(a)
+      s = load_saved_set(path, ds, a.ipc, **expect)
       if s is not None:
         note = f"{s.metadata.get('steps')} steps, loaded from {os.path.relpath(path)}"
-      else:
-        s = kip.distill(ds, images_per_class=a.ipc, kernel=fc_kernel, steps=a.kip_fc_steps,
-                        learning_rate=a.lr, target_batch_size=a.target_batch_size, reg=a.reg,
-                        seed=a.seed, progress=progress)
-        note = f"{a.kip_fc_steps} steps, target batch {a.target_batch_size}"
-    elif row == "kip_convnet":
-      s = load_saved_set(a.kip_convnet_path, ds, a.ipc, architecture="convnet")
-      if s is not None:
-        note = (f"{s.metadata.get('steps')} steps, loaded from "
-                f"{os.path.relpath(a.kip_convnet_path)}")
-      else:
-        s = kip.distill(ds, images_per_class=a.ipc, kernel=kip.kernels.convnet(),
-                        steps=a.convnet_steps, learning_rate=a.lr,
-                        target_batch_size=a.convnet_target_batch_size, reg=a.reg, seed=a.seed,
-                        progress=progress)
-        note = (f"only {a.convnet_steps} step{'s' * (a.convnet_steps != 1)}, target batch "
-                f"{a.convnet_target_batch_size}")
-    elif row == "ls":
-      s = kip.distill(ds, images_per_class=a.ipc, kernel=fc_kernel, reg=a.reg, seed=a.seed,
-                      mode="ls", progress=False)
-    elif row == "random":
-      s = kip.baselines.random_real(ds, a.ipc, a.seed)
-    elif row == "herding":
-      s = kip.baselines.herding(ds, a.ipc, a.seed)
-    elif row == "kcenter":
-      s = kip.baselines.kcenter(ds, a.ipc, a.seed)
-    elif row in ("dc", "dsa"):
-      cls = kip.baselines.DCConfig if row == "dc" else kip.baselines.DSAConfig
-      fn = kip.baselines.distill_dc if row == "dc" else kip.baselines.distill_dsa
-      cfg = cls(steps=a.dc_iterations, model_kwargs=model_kwargs.get("convnet", {}))
-      s = fn(ds, a.ipc, cfg, key=a.seed, progress=progress)
-      note = f"{a.dc_iterations} iterations, ConvNet {dict(cfg.model_kwargs) or 'preset'}"
-    elif row == "dm":
-      cfg = kip.baselines.DMConfig(steps=a.dm_iterations,
-                                   model_kwargs=model_kwargs.get("convnet", {}))
-      s = kip.baselines.distill_dm(ds, a.ipc, cfg, key=a.seed, progress=progress)
-      note = f"{a.dm_iterations} iterations, ConvNet {dict(cfg.model_kwargs) or 'preset'}"
-    else:
-      raise ValueError(f"unknown row {row!r}; rows: {list(ROWS)}.")
+    if s is None:
+      options = spec.options(a, fc_kernel, model_kwargs) if spec.options else {}
+      method = suite_methods.resolve(spec.method, a.ipc, options)
+      s = suite_methods.distill(method, ds, key=a.seed, progress=progress)
+      note = spec.note(method.config) if spec.note else ""
+      if spec.save:
+        os.makedirs(sets_dir, exist_ok=True)
+        s.save(os.path.join(sets_dir, f"{row}_ipc{a.ipc}.npz"))
     seconds = time.time() - t
-    if row in ("kip_fc", "kip_convnet", "dc", "dsa", "dm") and "loaded" not in note:
-      os.makedirs(sets_dir, exist_ok=True)
-      s.save(os.path.join(sets_dir, f"{row}_ipc{a.ipc}.npz"))
     logger.info("row %s ready in %.0f s %s", row, seconds, note)
     sets[row] = (s, note, seconds)
   return sets
@@ -128,7 +162,8 @@ def _make_sets(a, ds, rows, fc_kernel, model_kwargs, sets_dir, progress):
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--dataset", default="fashion_mnist")
-  p.add_argument("--preprocess", default="standardize", choices=["standardize", "zca", "zca_centered", "none"])
+  p.add_argument("--preprocess", default="standardize",
+                 choices=["standardize", "zca", "zca_centered", "none"])
   p.add_argument("--ipc", type=int, default=10)
   p.add_argument("--rows", nargs="+", default=list(DEFAULT_ROWS), choices=ROWS)
   p.add_argument("--include", nargs="*", default=[], choices=ROWS,

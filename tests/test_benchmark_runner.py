@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import pytest
 
 from benchmarks import common
@@ -168,3 +169,68 @@ def test_tier_configs_are_valid(tier):
   for cell in run.all_cells(config):
     run.validate(cell)
   assert run.plan(config)
+
+
+def test_time_boxed_cell_stops_on_budget_and_resumes_to_the_same_set(suite, tmp_path):
+  import kip
+  config, reference, _ = suite
+  out = tmp_path / "boxed"
+  args = ["--config", str(config), "--out", str(out), "--only", "kip_fc"]
+  first = run.main(args + ["--max-minutes", "0"])  # the driver's time budget: one step
+  assert first["computed"] == []
+  assert "inside kip_fc_ipc1 (distillation, step 1 of 3, checkpointed" in first["stopped"]
+  assert list((out / "checkpoints" / "kip_fc_ipc1").glob("*/checkpoint.npz"))
+  assert not (out / "distilled" / "kip_fc_ipc1.npz").exists()
+  second = run.main(args)
+  assert second["computed"] == ["kip_fc_ipc1"]
+  resumed = kip.DistilledSet.load(str(out / "distilled" / "kip_fc_ipc1.npz"))
+  whole = kip.DistilledSet.load(str(reference / "distilled" / "kip_fc_ipc1.npz"))
+  assert resumed.metadata["steps"] == whole.metadata["steps"] == 3
+  assert resumed.metadata["steps_this_run"] == 2 and whole.metadata["steps_this_run"] == 3
+  np.testing.assert_array_equal(resumed.images, whole.images)
+  np.testing.assert_array_equal(resumed.labels, whole.labels)
+  rec = json.loads((out / "cells" / "kip_fc_ipc1.json").read_text())
+  ref = json.loads((reference / "cells" / "kip_fc_ipc1.json").read_text())
+  assert rec["krr"]["accuracy"] == ref["krr"]["accuracy"]
+  assert rec["finite"]["accuracies"] == ref["finite"]["accuracies"]
+  assert not (out / "checkpoints" / "kip_fc_ipc1").exists()
+
+
+def test_unknown_distill_option_is_named_before_any_compute(tmp_path):
+  config = json.loads(json.dumps(TINY))
+  config["methods"]["kip_fc"]["distill"]["learning_rat"] = 0.1
+  path = tmp_path / "typo.json"
+  path.write_text(json.dumps(config))
+  with pytest.raises(ValueError, match=r"kip_fc_ipc1: .*'learning_rat'.*KIPConfig.*"
+                                       r"'learning_rate'"):
+    run.main(["--config", str(path), "--out", str(tmp_path / "out")])
+  assert not (tmp_path / "out").exists()
+  config["methods"]["kip_fc"]["algorithm"] = "kip_fcc"
+  with pytest.raises(ValueError, match="algorithm='kip_fcc'; expected one of"):
+    run.check_config(config)
+
+
+def test_options_map_onto_the_registry_config():
+  from benchmarks.suite import methods
+  spec = methods.resolve("ls", 5, {"kernel": "fc", "num_targets": 200, "checkpoint_every": 7})
+  assert type(spec.config).__name__ == "LSConfig" and spec.config.num_targets == 200
+  assert spec.config.images_per_class == 5 and spec.run_options == {"checkpoint_every": 7}
+  assert callable(spec.components["kernel_fn"])
+  with pytest.raises(ValueError, match="'random' has no option 'kernel'"):
+    methods.resolve("random", 1, {"kernel": "fc"})
+
+
+def test_ctrl_c_stops_the_suite_cleanly(tmp_path, monkeypatch):
+  from benchmarks.suite import runner
+
+  def interrupted(*args, **kwargs):
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(runner, "run_cell", interrupted)
+  path = tmp_path / "tiny.json"
+  path.write_text(json.dumps(TINY))
+  with pytest.raises(SystemExit) as e:
+    run.main(["--config", str(path), "--out", str(tmp_path / "out")])
+  assert e.value.code == 130
+  summary = json.loads((tmp_path / "out" / "suite.json").read_text())
+  assert summary["pending"] == ["kip_fc_ipc1", "random_ipc1"]

@@ -50,6 +50,31 @@ def test_cross_arch(tmp_path):
   assert os.path.exists(prefix + ".md")
 
 
+def test_cross_arch_builds_every_row_through_the_registry(tmp_path, monkeypatch):
+  import kip
+  assert set(cross_arch.ROW_SPECS) == set(cross_arch.ROWS)
+  assert {r.method for r in cross_arch.ROW_SPECS.values()} <= set(kip.methods.names())
+  built = []
+  make = kip.methods.make
+
+  def spy(name, config=None, **components):
+    built.append(name)
+    return make(name, config, **components)
+
+  monkeypatch.setattr(kip.methods, "make", spy)
+  prefix = str(tmp_path / "cross")
+  cross_arch.main(QUIET + ["--rows", "random", "herding", "--cols", "krr", "--ipc", "2",
+                           "--out", prefix])
+  res = json.loads(open(prefix + ".json").read())
+  assert built == ["random", "herding"]
+  assert {r: s["method"] for r, s in res["sets"].items()} == {"random": "random",
+                                                              "herding": "herding"}
+  ds = kip.data.load("digits")
+  krr = kip.evaluate.kernel_accuracy(kip.baselines.random_real(ds, 2, 0), ds,
+                                     kernel=kip.kernels.fc(3), reg=1e-6)
+  assert res["cells"]["random"]["krr"]["mean"] == pytest.approx(krr)  # same set as before
+
+
 def test_compression_sweep(tmp_path):
   prefix = str(tmp_path / "sweep")
   compression_sweep.main(QUIET + ["--ipc", "1", "5", "500", "--kip-max-ipc", "1",

@@ -4,8 +4,12 @@ A :class:`Recipe` is a frozen description of how a network is trained on a (smal
 set: loss, SGD-with-momentum hyperparameters, batch size, length and schedule. Presets follow
 the protocols the published numbers were measured with (see ``ANCHORS.md``):
 
-* ``'kip'`` (Nguyen et al., 2021, transfer to ConvNet width 1024): MSE on the labels as
-  given, SGD momentum 0.9, learning rate 0.01, batch 100, 5,000 steps, cosine decay, L2 1e-3.
+* ``'kip'``: the optimisation of the KIP transfer notebook (google-research
+  ``kip/nn_training.ipynb``: MSE, SGD momentum 0.9, batch 100, 5,000 steps, cosine decay, L2
+  1e-3) with one deviation: a *fixed* learning rate 0.01. The notebook sets the learning rate
+  from the network's empirical NTK (``max_lr_factor x nt.predict.max_learning_rate`` on 50
+  images, the factor and L2 grid-searched on validation data); ``evaluate(..., tune=Tune())``
+  does that.
 * ``'dc'`` (Zhao et al., 2021 evaluation protocol): cross-entropy, SGD momentum 0.9,
   learning rate 0.01 dropped 10x at half the run, weight decay 5e-4, batch 256, 300 epochs.
 * ``'dsa'``: ``'dc'`` with ``augment=True`` and 1,000 epochs (Zhao & Bilen, 2021); the

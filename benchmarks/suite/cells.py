@@ -1,0 +1,155 @@
+"""One cell: distil through the registry and the driver, evaluate, write its files.
+
+A cell writes, under the suite's ``OUT`` folder:
+
+* ``checkpoints/CELL/DIGEST/checkpoint.npz`` while it distils (the driver's checkpoints,
+  resumed by the next invocation; ``DIGEST`` is that of the cell's fingerprint, so changed
+  settings start afresh); removed once the cell is finished;
+* ``distilled/CELL.npz`` and ``.png`` and ``cells/CELL.distilled.json`` once the set is
+  distilled (a crash during the evaluation reuses them);
+* ``cells/CELL.finite.json``: finished restart groups of the finite evaluation;
+* ``cells/CELL.json``: the cell record, last.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from typing import Any, Mapping, Optional
+
+from benchmarks import common
+from benchmarks.suite import evaluation
+from benchmarks.suite import methods
+from benchmarks.suite.budget import BudgetSpent, seconds_left
+from benchmarks.suite.files import CELL_KIND, jsonable, read_json
+from benchmarks.suite.plan import Cell, digest, fingerprint
+
+__all__ = ["cell_paths", "finished", "run_cell", "device_label", "load_dataset"]
+
+logger = logging.getLogger(__name__)
+
+
+def cell_paths(out: str, cell: Cell) -> dict[str, str]:
+  """The files of ``cell`` under the suite folder ``out`` (see the module docstring)."""
+  return {"cell": os.path.join(out, "cells", f"{cell.name}.json"),
+          "stage": os.path.join(out, "cells", f"{cell.name}.distilled.json"),
+          "finite_stage": os.path.join(out, "cells", f"{cell.name}.finite.json"),
+          "npz": os.path.join(out, "distilled", f"{cell.name}.npz"),
+          "png": os.path.join(out, "distilled", f"{cell.name}.png"),
+          "checkpoint": os.path.join(out, "checkpoints", cell.name)}
+
+
+def finished(config: Mapping[str, Any], cell: Cell, out: str) -> Optional[dict]:
+  """The cell's result JSON if it exists and was computed with the same settings."""
+  rec = read_json(cell_paths(out, cell)["cell"])
+  if rec is not None and rec.get("fingerprint") == jsonable(fingerprint(config, cell)):
+    return rec
+  return None
+
+
+def load_dataset(config: Mapping[str, Any]):
+  """The config's data set (``kip.data.load(name, **rest)``)."""
+  import kip
+  d = dict(config["dataset"])
+  name = d.pop("name")
+  return kip.data.load(name, **{k: v for k, v in d.items() if v is not None})
+
+
+def device_label() -> str:
+  """``'NVIDIA H100 80GB HBM3'`` on an accelerator, ``'CPU, 2 cores'`` on the CPU."""
+  import jax
+  d = jax.devices()[0]
+  if d.platform == "cpu":
+    return f"CPU, {os.cpu_count()} cores"
+  return f"{getattr(d, 'device_kind', d.platform)}" + (
+      f" x{jax.device_count()}" if jax.device_count() > 1 else "")
+
+
+def _distil(cell: Cell, ds, paths: Mapping[str, str], fp: Any, seed: int, progress: bool,
+            deadline: Optional[float]):
+  """The cell's distilled set, its seconds and machine: saved, or distilled (resumed) now.
+
+  Raises:
+    BudgetSpent: the driver stopped on the time budget (its checkpoint is kept).
+  """
+  from kip import DistilledSet
+  stage = read_json(paths["stage"])
+  if stage is not None and stage.get("fingerprint") == fp and os.path.exists(paths["npz"]):
+    logger.info("%s: reusing the distilled set saved before the interruption", cell.name)
+    return DistilledSet.load(paths["npz"]), stage["distill_seconds"], stage["machine"]
+  s = cell.settings
+  t = time.time()
+  spec = methods.resolve(s["algorithm"], cell.ipc, s.get("distill", {}))
+  distilled = methods.distill(spec, ds, key=seed,
+                              checkpoint_dir=os.path.join(paths["checkpoint"], digest(fp)),
+                              time_budget=seconds_left(deadline), progress=progress)
+  meta = distilled.metadata
+  if meta.get("stopped_early"):
+    raise BudgetSpent(f"distillation, step {meta.get('steps')} of "
+                      f"{meta.get('requested_steps')}, checkpointed")
+  # The driver's seconds cover every process of a resumed run.
+  seconds, machine = float(meta.get("seconds", time.time() - t)), common.machine()
+  distilled.save(paths["npz"])
+  distilled.grid(paths["png"], class_names=ds.class_names)
+  common.write_json(paths["stage"], {"fingerprint": fp, "distill_seconds": seconds,
+                                     "machine": machine})
+  return distilled, seconds, machine
+
+
+def run_cell(config: Mapping[str, Any], cell: Cell, ds, out: str, *, progress: bool = False,
+             deadline: Optional[float] = None, command: str = "") -> dict[str, Any]:
+  """Distils and evaluates one cell, writing its files; returns the cell record.
+
+  Args:
+    config: the suite config.
+    cell: the cell.
+    ds: the config's data set.
+    out: the suite folder.
+    progress: progress bars.
+    deadline: ``time.time()`` after which the cell stops cleanly (the driver's
+      ``time_budget`` while distilling, between restart groups while evaluating).
+    command: recorded in the cell JSON.
+
+  Raises:
+    BudgetSpent: ``deadline`` passed; what the cell did so far is saved and the next call
+      continues it.
+  """
+  paths = cell_paths(out, cell)
+  fp = jsonable(fingerprint(config, cell))
+  seed = int(config.get("seed", 0))
+  s = cell.settings
+  distilled, distill_seconds, distill_machine = _distil(cell, ds, paths, fp, seed, progress,
+                                                        deadline)
+  rec: dict[str, Any] = {"kind": CELL_KIND, "method": cell.method, "ipc": cell.ipc,
+                         "label": s.get("label", cell.method), "fingerprint": fp,
+                         "distill_seconds": distill_seconds, "num_images": len(distilled),
+                         "distilled": os.path.relpath(paths["npz"], out),
+                         "distill_steps": distilled.metadata.get("steps"),
+                         "grid": os.path.relpath(paths["png"], out), "krr": None,
+                         "finite": None}
+  if s.get("krr") is not None:
+    rec["krr"] = evaluation.krr(distilled, ds, s["krr"])
+    logger.info("%s: KRR %.2f %%", cell.name, 100 * rec["krr"]["accuracy"])
+  if s.get("finite") is not None:
+    n_test = config.get("finite_num_test")
+    ds_finite = ds if not n_test else ds.subset(n_test=int(n_test), seed=seed)
+    rec["finite"] = evaluation.finite(distilled, ds_finite, cell.ipc, s["finite"], seed,
+                                      progress, stage_path=paths["finite_stage"], fp=fp,
+                                      deadline=deadline)
+    logger.info("%s: finite %.2f +- %.2f %% (%d restarts)", cell.name,
+                100 * rec["finite"]["mean"], 100 * rec["finite"]["std"],
+                rec["finite"]["restarts"])
+  rec["eval_seconds"] = sum(r["seconds"] for r in (rec["krr"], rec["finite"]) if r)
+  rec["seconds"] = rec["distill_seconds"] + rec["eval_seconds"]
+  rec["machine"] = {**common.machine(), "device_label": device_label()}
+  rec["distill_machine"] = distill_machine
+  rec["command"] = command
+  rec["finished_utc"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+  common.write_json(paths["cell"], jsonable(rec))
+  if os.path.exists(paths["finite_stage"]):
+    os.remove(paths["finite_stage"])
+  if os.path.isdir(paths["checkpoint"]):
+    shutil.rmtree(paths["checkpoint"])
+  return rec

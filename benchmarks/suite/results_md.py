@@ -1,0 +1,215 @@
+"""``benchmarks/RESULTS.md``: one section per result file under ``benchmarks/results/``.
+
+A suite's ``suite.json`` gives its table, caption, commands and distilled-image grids; any
+other benchmark's JSON gives its ``table`` (or the ``.md`` beside it, or a generic table of its
+``results``), the command (recorded, or rebuilt from its ``args``) and the machine.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import shlex
+import time
+from typing import Any, Mapping, Optional, Sequence
+
+from benchmarks import common
+from benchmarks.suite.config import BENCH_DIR
+from benchmarks.suite.files import SUITE_KIND, read_json, rel
+
+__all__ = ["RESULTS_MD", "collect_sections", "write_results_md"]
+
+logger = logging.getLogger(__name__)
+
+RESULTS_MD = os.path.join(BENCH_DIR, "RESULTS.md")
+
+
+def _args_command(module: str, args: Mapping[str, Any]) -> str:
+  parts = ["python -m", module]
+  for k, v in args.items():
+    flag = "--" + k.replace("_", "-")
+    if isinstance(v, bool):
+      parts += [flag] if v else []
+    elif isinstance(v, (list, tuple)):
+      parts += [flag] + [shlex.quote(str(x)) for x in v]
+    elif v is not None:
+      if k == "out" or k == "json":
+        v = rel(str(v), os.path.dirname(BENCH_DIR)) if os.path.isabs(str(v)) else v
+      parts += [flag, shlex.quote(str(v))]
+  return " ".join(parts)
+
+
+def _machine_line(machine: Optional[Mapping[str, Any]], when: Optional[str]) -> str:
+  if not machine:
+    return f"machine not recorded{', ' + when if when else ''}"
+  bits = [machine.get("device", "?")]
+  if machine.get("cpu_count"):
+    bits.append(f"{machine['cpu_count']} CPU cores")
+  if machine.get("jax"):
+    bits.append(f"jax {machine['jax']}")
+  return ", ".join(bits) + f"; {machine.get('time_utc') or when or 'time not recorded'}"
+
+
+def _written(path: str, machine: Optional[Mapping[str, Any]]) -> str:
+  """When a result file was written: the time its machine record holds (it survives a git
+  checkout, which resets file times), else the file's modification time."""
+  if machine and machine.get("time_utc"):
+    return str(machine["time_utc"])
+  return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(os.path.getmtime(path)))
+
+
+def _pngs(directory: str, start: str, exclude: Sequence[str] = ()) -> list[str]:
+  return [f"[{os.path.basename(p)}]({rel(p, start)})"
+          for p in sorted(glob.glob(os.path.join(directory, "*.png"))) if p not in exclude]
+
+
+def _render_generic(data: Mapping[str, Any]) -> Optional[str]:
+  """A table for result JSON without a ``table``: a ``results`` list of flat dicts, or scalars."""
+  rows = data.get("results")
+  if isinstance(rows, list) and rows and all(isinstance(r, Mapping) for r in rows):
+    cols = [k for k in rows[0] if all(not isinstance(r.get(k), (dict, list)) for r in rows)]
+    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+    return common.markdown_table(cols, [[fmt(r.get(c, "")) for c in cols] for r in rows])
+  scalars = {k: v for k, v in data.items() if isinstance(v, (int, float, str)) and k != "kind"}
+  if scalars:
+    return common.markdown_table(["key", "value"], sorted(scalars.items()))
+  return None
+
+
+def _throughput_section(data: Mapping[str, Any]) -> str:
+  rows = []
+  for key in ("ours", "reference"):
+    r = data.get(key)
+    if r:
+      rows.append([r.get("impl", key), r.get("jax", "?"), f"{r.get('fwd_pairs_per_s', 0):.1f}",
+                   f"{r.get('grad_pairs_per_s', 0):.1f}", f"{r.get('peak_rss_mb', 0):.0f}"])
+  table = common.markdown_table(["implementation", "jax", "fwd pairs/s", "fwd+grad pairs/s",
+                                 "peak RSS MB"], rows)
+  extra = []
+  if "fwd_ratio" in data:
+    extra.append(f"Speed-up vs neural-tangents: forward {data['fwd_ratio']:.2f}x, "
+                 f"forward+gradient {data['grad_ratio']:.2f}x; max relative kernel difference "
+                 f"{data.get('max_rel_diff', float('nan')):.1e}.")
+  mem = data.get("memory")
+  if mem and "grad_temp_bytes" in mem:
+    extra.append(f"Gradient of a {mem.get('n1')} x {mem.get('n2')} block: XLA temporaries "
+                 f"{mem['grad_temp_bytes'] / 2**30:.2f} GB.")
+  return table + ("\n\n" + " ".join(extra) if extra else "")
+
+
+_ORDER = ("suite_cpu", "suite_gpu", "baselines_cpu", "kip_cpu", "transfer_cpu", "cross_arch",
+          "compression_sweep", "poisoning_cpu", "kernel_throughput")
+
+
+def _section_key(path: str) -> tuple[int, str]:
+  stem = os.path.splitext(os.path.basename(path))[0]
+  parent = os.path.basename(os.path.dirname(path))
+  for i, name in enumerate(_ORDER):
+    if name in (stem, parent):
+      return i, path
+  return len(_ORDER), path
+
+
+def collect_sections(results_dir: str, start: str) -> list[str]:
+  """One Markdown section per result file under ``results_dir`` (links relative to ``start``)."""
+  skip_dirs = {"cells", "distilled", "checkpoints"}
+  paths = []
+  for root, dirs, files in os.walk(results_dir):
+    dirs[:] = sorted(d for d in dirs if d not in skip_dirs and not d.startswith("."))
+    jsons = sorted(f for f in files
+                   if f.endswith(".json") and not f.endswith(".npz.json") and not f.startswith("."))
+    # A benchmark's own folder (X/X.json or a suite's suite.json): its summary only, not the
+    # per-cell files beside it.
+    for summary in (os.path.basename(root) + ".json", "suite.json"):
+      if root != results_dir and summary in jsons:
+        jsons = [summary]
+        break
+    paths += [os.path.join(root, f) for f in jsons]
+  sections = []
+  for path in sorted(paths, key=_section_key):
+    data = read_json(path)
+    if not isinstance(data, Mapping):
+      continue
+    directory = os.path.dirname(path)
+    stem = os.path.splitext(os.path.basename(path))[0]
+    source = rel(path, start)
+    if data.get("kind") == SUITE_KIND:
+      cmds = data.get("commands") or [data.get("command") or "?"]
+      first, last = (data.get("finished") or [None, None])
+      when = (f"cells finished {first} to {last}" if first and first != last
+              else f"cells finished {first}" if first else "no cell finished yet")
+      grids = [f"[{c['method']} IPC {c['ipc']}]"
+               f"({rel(os.path.join(directory, c['grid']), start)})"
+               for c in data.get("cells", [])]
+      body = [f"## {data.get('title', data.get('name'))}", "",
+              "Command: " + ", ".join(f"`{c}`" for c in cmds) +
+              f". Machine: {', '.join(data.get('devices', [])) or '?'}; {when}; compute "
+              f"{data.get('total_seconds', 0) / 60:.1f} min in all (sum of cell wall times). "
+              f"Source: [{source}]({source}).", "", data.get("caption", ""), "",
+              data.get("table", "")]
+      if grids:
+        body += ["", "Distilled images: " + ", ".join(grids) + "."]
+      sections.append("\n".join(body))
+      continue
+    md_path = os.path.join(directory, stem + ".md")
+    if "table" in data and isinstance(data["table"], str):
+      table = data["table"]
+    elif os.path.exists(md_path):
+      with open(md_path) as f:
+        table = f.read().strip()
+    elif stem == "kernel_throughput":
+      table = _throughput_section(data)
+    else:
+      table = _render_generic(data)
+    if not table:
+      continue
+    machine = data.get("machine") if isinstance(data.get("machine"), Mapping) else None
+    if machine is None and isinstance(data.get("ours"), Mapping):
+      machine = {"device": data["ours"].get("device"), "jax": data["ours"].get("jax")}
+    if "command" in data:
+      command = data["command"]
+    elif isinstance(data.get("args"), Mapping):
+      module = "benchmarks." + (os.path.basename(directory) if stem == os.path.basename(directory)
+                                else stem)
+      command = _args_command(module, data["args"])
+    else:
+      command = f"python -m benchmarks.{stem}"
+    title = data.get("title") or stem.replace("_", " ")
+    body = [f"## {title}", "",
+            f"Command: `{command}`. Machine: {_machine_line(machine, None)} (file written "
+            f"{_written(path, machine)}). Source: [{source}]({source}).", ""]
+    if data.get("caption"):
+      body += [data["caption"], ""]
+    body.append(table)
+    own_png = os.path.join(directory, stem + ".png")
+    if os.path.exists(own_png):
+      body += ["", f"![{stem}]({rel(own_png, start)})"]
+    if stem == os.path.basename(directory):  # a benchmark's own folder: link its grids
+      pngs = _pngs(directory, start, exclude=[own_png])
+      if pngs:
+        body += ["", "Distilled images: " + ", ".join(pngs) + "."]
+    sections.append("\n".join(body))
+  return sections
+
+
+def write_results_md(results_dir: str = common.RESULTS_DIR,
+                     path: Optional[str] = None) -> str:
+  """Assembles ``benchmarks/RESULTS.md`` from the result files under ``results_dir``."""
+  path = path or RESULTS_MD
+  start = os.path.dirname(os.path.abspath(path))
+  sections = collect_sections(results_dir, start) if os.path.isdir(results_dir) else []
+  text = "\n\n".join([
+      "# Benchmark results",
+      "Generated by `python -m benchmarks.run --write-results` on "
+      f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} from the files under "
+      f"`{rel(results_dir, os.path.dirname(BENCH_DIR))}/`; do not edit by hand. Published "
+      "numbers are those of the project's ANCHORS.md, as held in `benchmarks/common.py` "
+      "(Fashion-MNIST; '(?)': secondary source, not yet confirmed against the paper). "
+      "Every section names the command and machine that produced it.",
+      *(sections or ["No results yet: run `python -m benchmarks.run --tier cpu`."])]) + "\n"
+  from kip._src.io import atomic_write
+  with atomic_write(path, "w") as f:
+    f.write(text)
+  logger.info("wrote %s (%d sections)", path, len(sections))
+  return text
