@@ -187,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
   e.add_argument("--recipe", default=None, help="kip or dc (default: kip for kip/ls sets)")
   e.add_argument("--restarts", type=_count(1), default=10, help="networks trained")
   e.add_argument("--steps", type=_count(1), default=None, help="override the recipe's steps")
+  e.add_argument("--augment", default=None, help="augment the networks' training batches: "
+                 "dsa (all DSA groups) or a DSA strategy such as crop_flip")
   e.add_argument("--tune", action="store_true", help="choose the networks' learning rate (NTK "
                  "rule x factor) and L2 on a validation split of the training set first")
   e.add_argument("--validation-size", type=_count(1), default=5000,
@@ -435,7 +437,8 @@ def _cmd_evaluate(args, argv) -> int:
     tune = transfer.Tune(validation_size=args.validation_size) if args.tune else None
     r = transfer.evaluate(distilled, ds, model=args.model, recipe=recipe,
                           restarts=args.restarts, seed=args.seed,
-                          recipe_overrides=overrides, progress=not args.no_progress, tune=tune)
+                          recipe_overrides=overrides, progress=not args.no_progress, tune=tune,
+                          augment_fn=args.augment)
     result["transfer"] = r.to_dict()
   print(json.dumps(result))
   return 0

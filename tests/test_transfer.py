@@ -378,3 +378,19 @@ def test_tuning_bad_input():
     transfer.Tune(lr_rule="adam")
   with pytest.raises(ValueError, match="tune must be None, True"):
     transfer.evaluate((x, y), DATA, restarts=1, tune="yes", **SMALL)
+
+
+def test_evaluation_augmentation_by_strategy_name(monkeypatch):
+  """augment_fn='dsa' (or any DSA strategy) augments the training batches of any set."""
+  x, y = _support()
+  assert transfer_train.resolve_augment("dsa") is transfer_train.resolve_augment("dsa")
+  out = transfer_train.resolve_augment("crop_flip")(jax.random.PRNGKey(0), jnp.asarray(x))
+  assert out.shape == x.shape and not np.allclose(out, x)
+  used = []
+  real = transfer_train._trainer
+  monkeypatch.setattr(transfer_train, "_trainer",
+                      lambda *a: used.append(a[3]) or real(*a))
+  aug = transfer.evaluate((x, y), DATA, restarts=1, augment_fn="dsa", **SMALL)
+  assert used == [transfer_train.resolve_augment("dsa")] and 0 <= aug.mean <= 1
+  with pytest.raises(ValueError, match="zoom"):
+    transfer.evaluate((x, y), DATA, restarts=1, augment_fn="zoom", **SMALL)

@@ -98,7 +98,7 @@ def _throughput_section(data: Mapping[str, Any]) -> str:
   return table + ("\n\n" + " ".join(extra) if extra else "")
 
 
-_ORDER = ("suite_cpu", "suite_gpu", "baselines_cpu", "kip_cpu", "transfer_cpu", "cross_arch",
+_ORDER = ("ceilings", "suite_cpu", "suite_gpu", "baselines_cpu", "kip_cpu", "transfer_cpu", "cross_arch",
           "compression_sweep", "poisoning_cpu", "kernel_throughput")
 
 
@@ -193,6 +193,33 @@ def collect_sections(results_dir: str, start: str) -> list[str]:
   return sections
 
 
+PROTOCOLS = """## Protocols
+
+Each finite-network figure is produced by one of these protocols (`kip.transfer`); a section
+names which, and any deviation from it.
+
+- **DC protocol** (`recipe="dc"`, the DatasetCondensation evaluation): the DC ConvNet-3 (width
+  128, instance norm, average pooling; 28x28 grey input padded to 32x32 as the reference), or
+  the network named; softmax cross-entropy on `one_hot(argmax(labels))`; SGD momentum 0.9, lr
+  0.01 dropped 10x at half the run, coupled L2 5e-4, batch 256, 300 epochs of the support set;
+  no augmentation (`recipe="dsa"`: DSA augmentation, 1,000 epochs); mean +- population std over
+  the stated restarts, each a fresh initialisation.
+- **KIP protocol** (`recipe="kip"`, the KIP transfer notebook's optimisation): MSE on centred
+  labels (plain one-hot rows shifted by -1/K, learned labels as given); SGD momentum 0.9, batch
+  100, 5,000 steps, cosine decay, L2 1e-3, and a fixed lr 0.01 unless the section says `tune`:
+  then the lr is a factor times the network's NTK rule (`2mK / lambda_max` of its empirical NTK
+  at init) and the factor and L2 are chosen on the last 5,000 training images, never the test
+  set.
+- **Whole-data ceiling** (`benchmarks.ceilings`): the network trained on the training set minus
+  the last 5,000 images, lr chosen on those 5,000 with short runs; softmax cross-entropy, SGD
+  momentum 0.9, batch 256, cosine decay, L2 5e-4, one network, tested once.
+- **KRR**: kernel ridge regression from the support set with the stated kernel, ridge
+  `reg * tr(K_ss)/n` (reg 1e-6 unless stated), on all 10,000 test images.
+
+Sections measured before 2026-12-02 used the earlier label rule (labels as given; softmax of
+learned labels for cross-entropy) and a fixed lr; they say so where it matters."""
+
+
 def write_results_md(results_dir: str = common.RESULTS_DIR,
                      path: Optional[str] = None) -> str:
   """Assembles ``benchmarks/RESULTS.md`` from the result files under ``results_dir``."""
@@ -207,6 +234,7 @@ def write_results_md(results_dir: str = common.RESULTS_DIR,
       "numbers are those of the project's ANCHORS.md, as held in `benchmarks/common.py` "
       "(Fashion-MNIST; '(?)': secondary source, not yet confirmed against the paper). "
       "Every section names the command and machine that produced it.",
+      PROTOCOLS,
       *(sections or ["No results yet: run `python -m benchmarks.run --tier cpu`."])]) + "\n"
   from kip._src.io import atomic_write
   with atomic_write(path, "w") as f:

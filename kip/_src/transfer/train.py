@@ -44,8 +44,8 @@ from kip._src.transfer import tuning as tuning_lib
 from kip._src.transfer.recipes import Recipe
 
 __all__ = ["AugmentFn", "TransferResult", "train", "accuracy", "group_accuracies", "evaluate",
-           "evaluate_full",
-           "evaluate_random", "make_optimizer", "training_targets"]
+           "evaluate_full", "evaluate_random", "make_optimizer", "resolve_augment",
+           "training_targets"]
 
 logger = logging.getLogger(__name__)
 
@@ -280,6 +280,21 @@ def _as_labels(labels: Any, n: int, num_classes: int | None) -> np.ndarray:
   return labels
 
 
+@functools.lru_cache(maxsize=None)
+def _strategy_fn(strategy: str) -> AugmentFn:
+  from kip._src import augment as aug_lib
+  return aug_lib.augment_fn(aug_lib.DEFAULT_STRATEGY if strategy == "dsa" else strategy)
+
+
+def resolve_augment(augment_fn: AugmentFn | str | None) -> AugmentFn | None:
+  """``'dsa'`` (DSA's ``color_crop_cutout_flip_scale_rotate``) or another DSA strategy string
+  (e.g. ``'crop_flip'``) becomes that differentiable augmentation, one function per strategy
+  so that trainers stay cached; callables and ``None`` pass through."""
+  if isinstance(augment_fn, str):
+    return _strategy_fn(augment_fn)
+  return augment_fn
+
+
 def _check_augment(recipe: Recipe, augment_fn: AugmentFn | None) -> None:
   if recipe.augment and augment_fn is None:
     raise ValueError(f"recipe {recipe.name!r} has augment=True but no augment_fn was given; "
@@ -310,6 +325,7 @@ def train(model: nn.Module, images: Any, labels: Any, recipe: Recipe | str, key:
     ValueError: bad shapes, NaN inputs, or a diverged run.
   """
   recipe = recipes_lib.get_recipe(recipe) if isinstance(recipe, str) else recipe
+  augment_fn = resolve_augment(augment_fn)
   _check_augment(recipe, augment_fn)
   images = _as_images(images)
   labels = _as_labels(labels, images.shape[0], getattr(model, "num_classes", None))
@@ -516,8 +532,10 @@ def _group_size(vmap_restarts: Any, restarts: int, model: nn.Module,
 
 def _run_protocol(*, images: np.ndarray, targets: np.ndarray, per_restart_data: bool,
                   dataset: Any, model: nn.Module, model_name: str, recipe: Recipe,
-                  restarts: int, seed: int, augment_fn: AugmentFn | None, vmap_restarts: Any,
-                  progress: bool, eval_batch_size: int = 1000) -> TransferResult:
+                  restarts: int, seed: int, augment_fn: AugmentFn | str | None,
+                  vmap_restarts: Any, progress: bool,
+                  eval_batch_size: int = 1000) -> TransferResult:
+  augment_fn = resolve_augment(augment_fn)
   _check_augment(recipe, augment_fn)
   start = time.perf_counter()
   n = images.shape[-4]
@@ -588,8 +606,9 @@ def evaluate(distilled: DistilledSet | tuple[Any, Any], dataset: Any, *,
     recipe: preset name (``'kip'``, ``'dc'``, ``'dsa'``) or a :class:`Recipe`.
     restarts: number of freshly initialised networks.
     seed: restart ``r`` uses ``jax.random.split(PRNGKey(seed), restarts)[r]``.
-    augment_fn: jax-traceable ``(key, x) -> x`` applied to each training batch (e.g. DSA);
-      required when the recipe has ``augment=True``.
+    augment_fn: jax-traceable ``(key, x) -> x`` applied to each training batch, or a DSA
+      strategy string (``'dsa'``: all of DSA's groups; ``'crop_flip'``, ...): evaluation
+      augmentation for any set (DC-BENCH); required when the recipe has ``augment=True``.
     num_classes: number of classes; defaults to (and must equal) ``dataset.num_classes``.
     model_kwargs: attribute overrides for a preset model (e.g. ``{'width': 256}``).
     recipe_overrides: field overrides for the recipe (e.g. ``{'steps': 1000}``).
