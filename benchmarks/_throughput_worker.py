@@ -1,8 +1,10 @@
-"""Times one ConvNet-3 NTK implementation on fixed inputs; prints one JSON line.
+"""Times one ConvNet NTK implementation on fixed inputs; prints one JSON line.
 
-Run by kernel_throughput.py in the right environment: ``ours`` (kip) in the main venv,
-``nt`` (neural-tangents 0.6.5) in the pinned venv. Inputs come from a shared .npz so both
-time exactly the same arrays.
+Run by kernel_throughput.py in the right environment: ``ours`` (kip, ``--path fused`` or
+``reference``) in the main venv, ``nt`` (neural-tangents 0.6.5) in the pinned venv. Inputs come
+from a shared .npz so all time exactly the same arrays. ``--arch convnet3`` is
+``3 x [Conv, ReLU, AvgPool]``; ``kip4`` adds the leading ``Conv, ReLU`` of the released KIP code
+(``convnet(depth=3, prepend_conv=True)``). ``--parts`` times the pieces of the fused path instead.
 """
 
 import argparse
@@ -15,16 +17,17 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def build(impl, depth, budget):
+def build(impl, arch, budget, path="fused"):
+  prepend = arch == "kip4"
   if impl == "nt":
     from neural_tangents import stax
-    layers = []
-    for _ in range(depth):
-      layers += [stax.Conv(1, (3, 3), padding="SAME", W_std=2 ** 0.5, b_std=0.1), stax.Relu(),
-                 stax.AvgPool((2, 2), strides=(2, 2))]
+    conv = lambda: stax.Conv(1, (3, 3), padding="SAME", W_std=2 ** 0.5, b_std=0.1)  # noqa
+    layers = [conv(), stax.Relu()] if prepend else []
+    for _ in range(3):
+      layers += [conv(), stax.Relu(), stax.AvgPool((2, 2), strides=(2, 2))]
     return stax.serial(*layers, stax.Flatten(), stax.Dense(1, 2 ** 0.5, 0.1))[2]
   from kip import kernels
-  return kernels.convnet(depth, memory_budget=budget)
+  return kernels.convnet(3, prepend_conv=prepend, memory_budget=budget, fused=path == "fused")
 
 
 def best_time(fn, args, repeats):
@@ -37,17 +40,55 @@ def best_time(fn, args, repeats):
   return min(times)
 
 
+def parts(x1, x2, repeats):
+  """Pairs/s of the fused path's pieces: the patch GEMM alone, the ReLU map alone, the fused
+  first block, and the layers after it (forward; ConvNet-3)."""
+  from kip._src.kernels import fused as F
+  from kip._src.kernels import layers as L
+  pairs = x1.shape[0] * x2.shape[0]
+  q1, r1 = F._unit_patches(x1, 3, 3, 2 ** 0.5, 0.1, 2)
+  q2, r2 = F._unit_patches(x2, 3, 3, 2 ** 0.5, 0.1, 2)
+  p = q1.shape[-1]
+  gemm = jax.jit(lambda a, b: jnp.sum(a.reshape(-1, p) @ b.reshape(-1, p).T))
+  c = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (56, x2.shape[0] * 784)), x1.dtype)
+
+  def relu_map(c):  # the fused block's per-entry work on one tile, GEMM excluded
+    sin, t, _ = F._maps(c, 2.0, 1.0)
+    return jnp.sum(sin + t)
+
+  tiles = x1.shape[0] * 14
+  block = jax.jit(lambda a, b: F.conv_abrelu_pool_on_inputs(
+      a, b, True, filter_shape=(3, 3), W_std=2 ** 0.5, b_std=0.1, a=0.0, b=1.0, window=2))
+  k0 = block(x1, x2)
+  rest = L.serial(*[L.Conv(1, (3, 3), 2 ** 0.5, 0.1), L.Relu(), L.AvgPool(2)] * 2, L.Flatten(),
+                  L.Dense(1, 2 ** 0.5, 0.1))
+  later = jax.jit(lambda k: rest.kernel_fn(k).ntk)
+  out = {"gemm_alone": pairs / best_time(gemm, (q1, q2), repeats),
+         "map_alone": pairs / (tiles * best_time(jax.jit(relu_map), (c,), repeats)),
+         "first_block_fused": pairs / best_time(block, (x1, x2), repeats),
+         "later_layers": pairs / best_time(later, (k0,), repeats)}
+  return {k + "_pairs_per_s": v for k, v in out.items()}
+
+
 def main():
   p = argparse.ArgumentParser()
   p.add_argument("impl", choices=["ours", "nt"])
   p.add_argument("inputs")
-  p.add_argument("--depth", type=int, default=3)
+  p.add_argument("--arch", default="convnet3", choices=["convnet3", "kip4"])
+  p.add_argument("--path", default="fused", choices=["fused", "reference"])
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--budget", type=int, default=2 * 1024 ** 3)
   p.add_argument("--memory-only", default=None, help="n1,n2: compile the gradient, report temp")
+  p.add_argument("--parts", action="store_true")
   a = p.parse_args()
-  kf = build(a.impl, a.depth, a.budget)
-  out = {"impl": a.impl, "jax": jax.__version__, "device": str(jax.devices()[0])}
+  out = {"impl": a.impl if a.impl == "nt" else f"kip-{a.path}", "arch": a.arch,
+         "jax": jax.__version__, "device": str(jax.devices()[0])}
+  if a.parts:
+    data = np.load(a.inputs)
+    out.update(parts(jnp.asarray(data["x1"]), jnp.asarray(data["x2"]), a.repeats))
+    print(json.dumps(out))
+    return
+  kf = build(a.impl, a.arch, a.budget, a.path)
   fwd = jax.jit(lambda x1, x2: kf(x1, x2, "ntk"))
   grad = jax.jit(jax.grad(lambda x1, x2: jnp.sum(kf(x1, x2, "ntk"))))
   if a.memory_only:

@@ -1,12 +1,15 @@
-"""ConvNet-3 NTK throughput on 28x28x1 inputs: kip's engine vs neural-tangents, one run.
+"""ConvNet NTK throughput on 28x28x1: kip fused vs kip reference vs neural-tangents, one run.
 
-Both implementations get the same inputs (saved to a temporary .npz); neural-tangents runs in
+All implementations get the same inputs (saved to a temporary .npz); neural-tangents runs in
 its pinned environment (``.venv-nt``: jax 0.5.3, neural-tangents 0.6.5) as a subprocess, since it
-does not import on current JAX. Prints forward and forward+gradient (w.r.t. x1) pairs/s for
-both, their ratio, peak resident memory, the agreement of the two kernels, and XLA's compiled
-temporary memory for the gradient of a 100 x 2,000 block under a given memory budget.
+does not import on current JAX. For ConvNet-3 and the 4-conv KIP ConvNet
+(``convnet(depth=3, prepend_conv=True)``) it prints forward and forward+gradient (w.r.t. x1)
+pairs/s, peak resident memory, the ratios, and the maximum relative difference to
+neural-tangents; then the pairs/s of the fused path's pieces (patch GEMM alone, ReLU map alone,
+fused first block, later layers) that bound its speed, and XLA's compiled temporary memory for
+the gradient of a 100 x 2,000 block under a given memory budget.
 
-  python -m benchmarks.kernel_throughput [--n1 8 --n2 32] [--budget-gb 8] [--json out.json]
+  python -m benchmarks.kernel_throughput [--n1 4 --n2 32] [--budget-gb 8] [--json out.json]
 """
 
 from __future__ import annotations
@@ -21,8 +24,14 @@ import tempfile
 
 import numpy as np
 
+from benchmarks import common
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 logger = logging.getLogger("benchmarks.kernel_throughput")
+
+ARCHS = {"convnet3": "ConvNet-3", "kip4": "KIP ConvNet (prepend_conv, 4 conv)"}
+TARGETS = {"fwd_pairs_per_s": 600.0, "grad_pairs_per_s": 200.0, "nt_ratio": 40.0,
+           "max_rel_diff": 1e-5}
 
 
 def _run(python, args, env=None):
@@ -33,63 +42,133 @@ def _run(python, args, env=None):
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _rel(a, ref):
+  a, ref = np.asarray(a, np.float64), np.asarray(ref, np.float64)
+  return float(np.abs(a - ref).max() / np.abs(ref).max())
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--n1", type=int, default=8)
+  p.add_argument("--n1", type=int, default=4)
   p.add_argument("--n2", type=int, default=32)
-  p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--repeats", type=int, default=2)
+  p.add_argument("--archs", default="convnet3,kip4")
   p.add_argument("--budget-gb", type=float, default=8.0)
   p.add_argument("--memory-block", default="100,2000")
   p.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
   p.add_argument("--nt-python", default=os.path.join(ROOT, ".venv-nt", "bin", "python"))
-  p.add_argument("--no-reference", action="store_true")
+  p.add_argument("--no-reference", action="store_true", help="skip neural-tangents")
   p.add_argument("--json", default=None)
   a = p.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(message)s")
+  archs = [s for s in a.archs.split(",") if s]
+  bad = [s for s in archs if s not in ARCHS]
+  if bad:
+    raise ValueError(f"--archs {bad}: expected some of {sorted(ARCHS)}.")
+  if not a.no_reference and not os.path.exists(a.nt_python):
+    raise FileNotFoundError(f"{a.nt_python} not found: run `bash scripts/setup.sh test` to "
+                            "create the pinned neural-tangents environment, or pass "
+                            "--no-reference.")
 
   rng = np.random.default_rng(0)
   env = dict(os.environ, JAX_PLATFORMS=a.device if a.device == "cpu" else "cuda")
   budget = str(int(a.budget_gb * 1024 ** 3))
+  rep = ["--repeats", str(a.repeats), "--budget", budget]
+  result = {"n1": a.n1, "n2": a.n2, "targets": TARGETS, "archs": {}}
   with tempfile.TemporaryDirectory() as tmp:
     path = os.path.join(tmp, "inputs.npz")
     np.savez(path, x1=rng.normal(size=(a.n1, 28, 28, 1)).astype(np.float32),
              x2=rng.normal(size=(a.n2, 28, 28, 1)).astype(np.float32))
-    ours = _run(sys.executable, ["ours", path, "--repeats", str(a.repeats)], env)
-    ref = None
-    if not a.no_reference:
-      if not os.path.exists(a.nt_python):
-        raise FileNotFoundError(f"{a.nt_python} not found: run `bash scripts/setup.sh test` to "
-                                "create the pinned neural-tangents environment, or pass "
-                                "--no-reference.")
-      ref = _run(a.nt_python, ["nt", path, "--repeats", str(a.repeats)], env)
+    for arch in archs:
+      runs = {}
+      for impl in ("fused", "reference"):
+        logger.info("%s: kip %s path ...", arch, impl)
+        runs[impl] = _run(sys.executable, ["ours", path, "--arch", arch, "--path", impl, *rep],
+                          env)
+      if not a.no_reference:
+        logger.info("%s: neural-tangents ...", arch)
+        runs["nt"] = _run(a.nt_python, ["nt", path, "--arch", arch, *rep], env)
+      result["archs"][arch] = runs
+    logger.info("parts of the fused path ...")
+    result["parts"] = _run(sys.executable, ["ours", path, "--parts", *rep], env)
     mem = _run(sys.executable, ["ours", path, "--budget", budget,
                                 "--memory-only", a.memory_block], env)
+    result["memory"] = mem
 
-  rows = [("implementation", "jax", "fwd pairs/s", "fwd+grad pairs/s", "peak RSS MB")]
-  for r in [ours] + ([ref] if ref else []):
-    rows.append((r["impl"], r["jax"], f"{r['fwd_pairs_per_s']:.1f}",
-                 f"{r['grad_pairs_per_s']:.1f}", f"{r['peak_rss_mb']:.0f}"))
-  print(f"\nConvNet-3 NTK, 28x28x1, {a.n1} x {a.n2} pairs, device {ours['device']}")
-  for row in rows:
-    print("| " + " | ".join(row) + " |")
-  result = {"ours": {k: v for k, v in ours.items() if k != "kernel"}, "memory": mem}
-  if ref:
-    k_ours, k_ref = np.asarray(ours["kernel"]), np.asarray(ref["kernel"])
-    err = float(np.abs(k_ours - k_ref).max() / np.abs(k_ref).max())
-    fwd_ratio = ours["fwd_pairs_per_s"] / ref["fwd_pairs_per_s"]
-    grad_ratio = ours["grad_pairs_per_s"] / ref["grad_pairs_per_s"]
-    print(f"speed-up vs neural-tangents: forward {fwd_ratio:.2f}x, forward+gradient "
-          f"{grad_ratio:.2f}x (target >= 5x); max relative kernel difference {err:.2e}")
-    result.update(reference={k: v for k, v in ref.items() if k != "kernel"},
-                  fwd_ratio=fwd_ratio, grad_ratio=grad_ratio, max_rel_diff=err)
+  print(f"\nNTK, 28x28x1 inputs, {a.n1} x {a.n2} pairs, device {mem['device']}")
+  for arch, runs in result["archs"].items():
+    print(f"\n{ARCHS[arch]}")
+    print("| implementation | jax | fwd pairs/s | fwd+grad pairs/s | peak RSS MB | "
+          "max rel. diff to NT |")
+    ref_k = runs["nt"]["kernel"] if "nt" in runs else None
+    for name, r in runs.items():
+      r["max_rel_diff_to_nt"] = None if ref_k is None else _rel(r["kernel"], ref_k)
+      diff = "-" if r["max_rel_diff_to_nt"] is None else f"{r['max_rel_diff_to_nt']:.2e}"
+      print(f"| {r['impl']} | {r['jax']} | {r['fwd_pairs_per_s']:.1f} | "
+            f"{r['grad_pairs_per_s']:.1f} | {r['peak_rss_mb']:.0f} | {diff} |")
+    f, ref = runs["fused"], runs["reference"]
+    ratios = {"fused_vs_reference_fwd": f["fwd_pairs_per_s"] / ref["fwd_pairs_per_s"],
+              "fused_vs_reference_grad": f["grad_pairs_per_s"] / ref["grad_pairs_per_s"]}
+    if "nt" in runs:
+      ratios.update(fused_vs_nt_fwd=f["fwd_pairs_per_s"] / runs["nt"]["fwd_pairs_per_s"],
+                    fused_vs_nt_grad=f["grad_pairs_per_s"] / runs["nt"]["grad_pairs_per_s"])
+    print("ratios: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
+    result["archs"][arch] = {"runs": {k: {kk: vv for kk, vv in r.items() if kk != "kernel"}
+                                      for k, r in runs.items()}, "ratios": ratios}
+  if "convnet3" in result["archs"]:
+    f = result["archs"]["convnet3"]["runs"]["fused"]
+    ratios = result["archs"]["convnet3"]["ratios"]
+    checks = {"fwd >= 600 pairs/s": f["fwd_pairs_per_s"] >= TARGETS["fwd_pairs_per_s"],
+              "fwd+grad >= 200 pairs/s": f["grad_pairs_per_s"] >= TARGETS["grad_pairs_per_s"]}
+    if "fused_vs_nt_fwd" in ratios:
+      checks["fwd >= 40x NT"] = ratios["fused_vs_nt_fwd"] >= TARGETS["nt_ratio"]
+      checks["fwd+grad >= 40x NT"] = ratios["fused_vs_nt_grad"] >= TARGETS["nt_ratio"]
+      checks["within 1e-5 of NT"] = f["max_rel_diff_to_nt"] <= TARGETS["max_rel_diff"]
+    print("\nConvNet-3 targets: " + ", ".join(f"{k}: {'met' if v else 'NOT met'}"
+                                             for k, v in checks.items()))
+    result["targets_met"] = checks
+  pt = result["parts"]
+  print("fused ConvNet-3 pieces (forward pairs/s): patch GEMM alone "
+        f"{pt['gemm_alone_pairs_per_s']:.0f}, ReLU map alone {pt['map_alone_pairs_per_s']:.0f}, "
+        f"fused first block {pt['first_block_fused_pairs_per_s']:.0f}, layers 2-3 + readout "
+        f"{pt['later_layers_pairs_per_s']:.0f} (the whole network cannot exceed the harmonic "
+        "sum of the last two)")
   gb = mem["grad_temp_bytes"] / 1024 ** 3
-  print(f"gradient of a {mem['n1']} x {mem['n2']} block, budget {a.budget_gb:g} GB: XLA "
-        f"temporaries {gb:.2f} GB (sub-blocks {mem['block']}), "
+  print(f"gradient of a {mem['n1']} x {mem['n2']} block (fused, ConvNet-3), budget "
+        f"{a.budget_gb:g} GB: XLA temporaries {gb:.2f} GB (sub-blocks {mem['block']}), "
         f"{'within' if gb <= a.budget_gb else 'OVER'} budget")
+  result.update(render(result))
+  result["command"] = "python -m benchmarks.kernel_throughput " + " ".join(argv or sys.argv[1:])
+  result["machine"] = common.machine()
   if a.json:
-    with open(a.json, "w") as f:
-      json.dump(result, f, indent=2)
+    with open(a.json, "w") as fh:
+      json.dump(result, fh, indent=2)
   return result
+
+
+def render(result) -> dict:
+  """``title``, ``caption`` and a Markdown ``table`` of a result, for RESULTS.md."""
+  rows = []
+  for arch, block in result["archs"].items():
+    for impl, r in block["runs"].items():
+      rows.append([arch, impl, r.get("jax", "?"), f"{r['fwd_pairs_per_s']:.1f}",
+                   f"{r['grad_pairs_per_s']:.1f}", f"{r['peak_rss_mb']:.0f}",
+                   f"{r['max_rel_diff_to_nt']:.2g}"])
+  table = common.markdown_table(["network", "implementation", "jax", "forward pairs/s",
+                                 "forward+grad pairs/s", "peak RSS MB", "max rel diff to NT"],
+                                rows)
+  pt = result.get("parts", {})
+  met = result.get("targets_met", {})
+  caption = (f"ConvNet NTK on 28x28x1 float32 inputs, one {result['n1']} x {result['n2']} "
+             "block, same inputs for all implementations (neural-tangents 0.6.5 in its pinned "
+             "env). ConvNet-3 targets: " + ", ".join(f"{k} {'met' if v else 'NOT met'}"
+                                                     for k, v in met.items()) +
+             (f". Pieces of the fused path (forward pairs/s): patch GEMM alone "
+              f"{pt['gemm_alone_pairs_per_s']:.0f}, fused first block "
+              f"{pt['first_block_fused_pairs_per_s']:.0f}, layers 2-3 + readout "
+              f"{pt['later_layers_pairs_per_s']:.0f}." if pt else "."))
+  return {"title": "ConvNet kernel throughput: fused first block vs XLA path vs neural-tangents",
+          "caption": caption, "table": table}
 
 
 if __name__ == "__main__":

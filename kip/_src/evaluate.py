@@ -3,15 +3,63 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
+import time
 from typing import Any, Callable, Mapping, Optional, Union
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
 from kip._src import krr
 from kip._src.kernels.presets import get_kernel
 
 __all__ = ["kernel_accuracy", "kernel_predictions"]
+
+logger = logging.getLogger("kip.evaluate")
+
+# Side of the small block timed to extrapolate the cost of the whole evaluation.
+_PROBE = 8
+
+
+def _pairs_per_second(f, x_a, x_b) -> float:
+  """Kernel pairs per second of the jitted ``f`` on a ``_PROBE x _PROBE`` block (compiled first)."""
+  a, b = x_a[:_PROBE], x_b[:_PROBE]
+  jax.block_until_ready(f(a, b))  # compile
+  start = time.perf_counter()
+  jax.block_until_ready(f(a, b))
+  return a.shape[0] * b.shape[0] / max(time.perf_counter() - start, 1e-9)
+
+
+def _predict(kernel_fn, x_s, y_s, x_t, reg, get, batch_size, progress):
+  r""":func:`krr.predict` with an expected-time log line and a bar over test chunks.
+
+  The time is extrapolated from one small timed block: :math:`(n^2 + m n) / \text{rate}` for
+  ``n`` support and ``m`` test images (a lower bound when blocks of that size run faster than
+  the full ones; the first chunk also pays compilation).
+  """
+  n, m = x_s.shape[0], x_t.shape[0]
+  batch_size = batch_size or m
+  f = jax.jit(lambda a, b: kernel_fn(a, b, get))
+  rate = _pairs_per_second(f, x_t, x_s)
+  pairs = n * n + m * n
+  logger.info("kernel evaluation: %d x %d support + %d x %d test pairs at %.0f pairs/s "
+              "(timed on an %d x %d block): expected %.0f s", n, n, m, n, rate,
+              min(_PROBE, m), min(_PROBE, n), pairs / rate)
+  start = time.perf_counter()
+  k_ss = jnp.asarray(kernel_fn(x_s, None, get))
+  alpha = krr.solve(k_ss, jnp.asarray(y_s, k_ss.dtype), reg)
+  if not bool(jnp.all(jnp.isfinite(alpha))):
+    raise ValueError("K_ss is not positive definite even with extra ridge; raise reg "
+                     f"(now {reg}) or check the support set for duplicates/NaNs.")
+  outs = []
+  chunks = range(0, m, batch_size)
+  for i in tqdm(chunks, desc="K(test, support)", unit="chunk", disable=not progress):
+    k_ts = jnp.asarray(f(x_t[i:i + batch_size], x_s)).astype(alpha.dtype)
+    outs.append(k_ts @ alpha)
+  logger.info("kernel evaluation took %.1f s", time.perf_counter() - start)
+  return jnp.concatenate(outs, axis=0)
 
 
 def _kernel_of(distilled, kernel):
@@ -27,10 +75,13 @@ def _kernel_of(distilled, kernel):
 
 def kernel_predictions(distilled, dataset, kernel: Union[None, str, Mapping, Callable] = None,
                        *, reg: Optional[float] = None, get: Optional[str] = None,
-                       batch_size: int = 1000, num_test: Optional[int] = None) -> np.ndarray:
+                       batch_size: int = 1000, num_test: Optional[int] = None,
+                       progress: bool = False) -> np.ndarray:
   """KRR predictions ``(m, K)`` on the test split from the distilled support set.
 
-  ``kernel``, ``reg`` and ``get`` default to those recorded in ``distilled.metadata``.
+  ``kernel``, ``reg`` and ``get`` default to those recorded in ``distilled.metadata``. The
+  expected time (one small block timed, extrapolated to all pairs) is logged before the kernels
+  are computed; ``progress`` shows a bar over the test chunks.
   """
   distilled.check_compatible(dataset)
   kernel_fn = _kernel_of(distilled, kernel)
@@ -38,14 +89,15 @@ def kernel_predictions(distilled, dataset, kernel: Union[None, str, Mapping, Cal
   reg = cfg.get("reg", krr.DEFAULT_REG) if reg is None else reg
   get = cfg.get("get", "ntk") if get is None else get
   x = dataset.x_test if num_test is None else dataset.x_test[:num_test]
-  return np.asarray(krr.predict(kernel_fn, jnp.asarray(distilled.images),
-                                jnp.asarray(distilled.labels), jnp.asarray(x), reg, get=get,
-                                batch_size=batch_size))
+  x_s, y_s, x = jnp.asarray(distilled.images), jnp.asarray(distilled.labels), jnp.asarray(x)
+  krr._check(x_s, y_s, x)
+  return np.asarray(_predict(kernel_fn, x_s, y_s, x, reg, get, batch_size, progress))
 
 
 def kernel_accuracy(distilled, dataset, kernel: Union[None, str, Mapping, Callable] = None, *,
                     reg: Optional[float] = None, get: Optional[str] = None,
-                    batch_size: int = 1000, num_test: Optional[int] = None) -> float:
+                    batch_size: int = 1000, num_test: Optional[int] = None,
+                    progress: bool = False) -> float:
   """Test accuracy of kernel ridge regression from ``distilled`` on ``dataset.x_test``.
 
   .. math:: \\hat y = K_{ts}(K_{ss} + \\lambda I)^{-1} y_s,\\quad
@@ -59,8 +111,9 @@ def kernel_accuracy(distilled, dataset, kernel: Union[None, str, Mapping, Callab
     get: ``'ntk'`` or ``'nngp'`` (default: recorded, else ``'ntk'``).
     batch_size: test images per kernel call.
     num_test: evaluate on the first ``num_test`` test images only.
+    progress: show a bar over the test chunks (the expected time is logged either way).
   """
   pred = kernel_predictions(distilled, dataset, kernel, reg=reg, get=get,
-                            batch_size=batch_size, num_test=num_test)
+                            batch_size=batch_size, num_test=num_test, progress=progress)
   y = dataset.y_test if num_test is None else dataset.y_test[:num_test]
   return krr.accuracy(pred, y)

@@ -87,12 +87,18 @@ class KernelFn:
     flatten_inputs: feed ``(n, H*W*C)`` vectors (fully connected networks) instead of images.
     memory_budget: bytes one block may use (forward and backward); sets the block size.
     devices: devices to shard columns over; ``None`` uses all devices of the default backend.
+    fused: compute a leading ``Conv -> ABRelu -> AvgPool(window, stride=window)`` block in
+      one tiled pass that never forms its full-resolution covariance
+      (:mod:`kip._src.kernels.fused`; same kernel to float rounding). ``True``: wherever the
+      network starts so; ``False``: always the layer-by-layer reference path; ``None``
+      (default): fused on CPU devices, where it was measured to be faster, reference elsewhere.
   """
   layer: L.Layer
   spec: Mapping[str, Any]
   flatten_inputs: bool = False
   memory_budget: int = DEFAULT_MEMORY_BUDGET
   devices: Optional[tuple[Any, ...]] = None
+  fused: Optional[bool] = None
 
   def replace(self, **changes) -> "KernelFn":
     return dataclasses.replace(self, **changes)
@@ -150,12 +156,19 @@ class KernelFn:
       return tuple(self.devices)
     return tuple(jax.devices())
 
+  def uses_fused(self) -> bool:
+    """Whether evaluation takes the fused first-block path (see ``fused``)."""
+    if self.fused is not None:
+      return bool(self.fused)
+    return self._devices()[0].platform == "cpu"
+
   def _evaluate(self, x1, x2, compute_ntk):
     devices = self._devices()
     n1, n2 = x1.shape[0], x2.shape[0]
+    fuse = self.uses_fused()
     if len(devices) == 1 or n2 < len(devices):
       return _blocked(self.layer.kernel_fn, x1, x2, compute_ntk,
-                      self.block_shape(n1, n2, x1.shape[1:], x1.dtype.itemsize))
+                      self.block_shape(n1, n2, x1.shape[1:], x1.dtype.itemsize), fuse)
     ndev = len(devices)
     per = -(-n2 // ndev)
     b = self.block_shape(n1, per, x1.shape[1:], x1.dtype.itemsize)
@@ -164,7 +177,7 @@ class KernelFn:
     P = jax.sharding.PartitionSpec
 
     def local(a, c):
-      nngp, ntk = _blocked(self.layer.kernel_fn, a, c, compute_ntk, b)
+      nngp, ntk = _blocked(self.layer.kernel_fn, a, c, compute_ntk, b, fuse)
       return (nngp, ntk) if compute_ntk else (nngp,)
 
     out_spec = (P(None, "d"),) * (2 if compute_ntk else 1)
@@ -172,14 +185,14 @@ class KernelFn:
     return out[0][:, :n2], out[1][:, :n2] if compute_ntk else None
 
 
-def _blocked(kernel_fn, x1, x2, compute_ntk, block):
+def _blocked(kernel_fn, x1, x2, compute_ntk, block, fuse=False):
   """Evaluates ``kernel_fn`` over ``(b1, b2)`` blocks with rematerialisation."""
   n1, n2 = x1.shape[0], x2.shape[0]
   b1, b2 = block
 
   @jax.checkpoint
   def one(xa, xb):
-    k = L.materialize(kernel_fn(L.lazy_input(xa, xb, compute_ntk)))
+    k = L.materialize(kernel_fn(L.lazy_input(xa, xb, compute_ntk, fuse)))
     if k.nngp.ndim != 2:
       raise ValueError("the network's output is still spatial: end it with Flatten() or "
                        "GlobalAvgPool() (and a Dense readout).")
@@ -205,8 +218,13 @@ def _blocked(kernel_fn, x1, x2, compute_ntk, block):
 def kernel_function(layer: L.Layer, *, spec: Optional[Mapping[str, Any]] = None,
                     flatten_inputs: bool = False,
                     memory_budget: int = DEFAULT_MEMORY_BUDGET,
-                    devices: Optional[Sequence[Any]] = None) -> KernelFn:
-  """Wraps a layer (e.g. ``serial(Conv(...), Relu(), ...)``) as a blocked ``kernel_fn``."""
+                    devices: Optional[Sequence[Any]] = None,
+                    fused: Optional[bool] = None) -> KernelFn:
+  """Wraps a layer (e.g. ``serial(Conv(...), Relu(), ...)``) as a blocked ``kernel_fn``.
+
+  ``fused`` selects the fused first block (see :class:`KernelFn`); ``None``: on CPU.
+  """
   return KernelFn(layer=layer, spec=dict(spec or {"architecture": "custom"}),
                   flatten_inputs=flatten_inputs, memory_budget=int(memory_budget),
-                  devices=None if devices is None else tuple(devices))
+                  devices=None if devices is None else tuple(devices),
+                  fused=None if fused is None else bool(fused))

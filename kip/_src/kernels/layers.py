@@ -53,7 +53,9 @@ class Kernel:
     cov2: ``(b2, *S)`` likewise for ``x2``.
 
   ``S = (H1, W1, H2, W2)`` for spatial activations (``H1 == H2``, ``W1 == W2``), ``()`` after
-  flattening.
+  flattening. The lazy input state (:func:`lazy_input`) holds ``x1`` ``(b1, H, W, C)`` and
+  ``x2`` ``(b2, H, W, C)`` instead, and ``fuse`` (static) lets :func:`serial` compute a leading
+  ``Conv -> ABRelu -> AvgPool`` block with :mod:`kip._src.kernels.fused`.
   """
   nngp: Optional[jax.Array]
   ntk: Optional[jax.Array]
@@ -61,6 +63,7 @@ class Kernel:
   cov2: Optional[jax.Array]
   x1: Optional[jax.Array] = None
   x2: Optional[jax.Array] = None
+  fuse: bool = dataclasses.field(default=False, metadata=dict(static=True))
 
   @property
   def is_input(self) -> bool:
@@ -78,7 +81,11 @@ class Kernel:
 
 
 class Layer(NamedTuple):
-  """``(init_fn, apply_fn, kernel_fn)`` as in ``neural_tangents.stax``."""
+  """``(init_fn, apply_fn, kernel_fn)`` as in ``neural_tangents.stax``.
+
+  Layers whose kernel :func:`serial` may fuse carry their hyperparameters on the function, as
+  ``kernel_fn.hparams`` (a dict with a ``"kind"``); the triple itself stays that of stax.
+  """
   init_fn: Callable[[jax.Array, Sequence[int]], tuple[tuple[int, ...], Any]]
   apply_fn: Callable[[Any, jax.Array], jax.Array]
   kernel_fn: Callable[[Kernel], Kernel]
@@ -91,16 +98,39 @@ def _map_all(k: Kernel, fn: Callable[[jax.Array], jax.Array]) -> Kernel:
                    cov1=fn(k.cov1), cov2=fn(k.cov2))
 
 
-def lazy_input(x1: jax.Array, x2: jax.Array, compute_ntk: bool) -> Kernel:
+def lazy_input(x1: jax.Array, x2: jax.Array, compute_ntk: bool, fuse: bool = False) -> Kernel:
   """The input state without its covariances, so the first layer can form them cheaply.
 
   A first :func:`Conv` then computes its output covariance directly from patch inner products
-  instead of convolving the ``(H W)^2`` input covariance.
+  instead of convolving the ``(H W)^2`` input covariance. With ``fuse=True``, :func:`serial`
+  computes a leading ``Conv -> ABRelu -> AvgPool(window, stride=window)`` in one tiled pass
+  (:func:`kip._src.kernels.fused.conv_abrelu_pool_on_inputs`) that never holds the full-resolution
+  covariance; the result is the same to float rounding.
   """
   if x1.ndim not in (2, 4):
     raise ValueError(f"inputs must be (n, D) or (n, H, W, C); got shape {x1.shape}.")
   return Kernel(nngp=None, ntk=jnp.zeros((), x1.dtype) if compute_ntk else None, cov1=None,
-                cov2=None, x1=x1, x2=x2)
+                cov2=None, x1=x1, x2=x2, fuse=bool(fuse))
+
+
+def _tag(kernel_fn: Callable, kind: str, **hparams) -> Callable:
+  """Records a layer's hyperparameters on its kernel function, for :func:`serial`'s fusion."""
+  kernel_fn.hparams = dict(kind=kind, **hparams)
+  return kernel_fn
+
+
+def _fusable_prefix(layers: Sequence["Layer"]) -> Optional[dict]:
+  """Arguments of the fused first block if ``layers`` start ``Conv, ABRelu, AvgPool(w, w)``."""
+  if len(layers) < 3:
+    return None
+  tags = [getattr(layer.kernel_fn, "hparams", {}) for layer in layers[:3]]
+  conv, act, pool = tags
+  if (conv.get("kind"), act.get("kind"), pool.get("kind")) != ("conv", "abrelu", "avgpool"):
+    return None
+  if pool["window"] != pool["stride"]:
+    return None
+  return dict(filter_shape=conv["filter_shape"], W_std=conv["W_std"], b_std=conv["b_std"],
+              a=act["a"], b=act["b"], window=pool["window"])
 
 
 def materialize(k: Kernel) -> Kernel:
@@ -157,7 +187,14 @@ def serial(*layers: Layer) -> Layer:
     return x
 
   def kernel_fn(k: Kernel) -> Kernel:
-    for f in kernel_fns:
+    start = 0
+    if k.is_input and k.fuse and k.is_spatial:
+      block = _fusable_prefix(layers)
+      if block is not None:
+        from kip._src.kernels import fused  # noqa: PLC0415  (fused imports this module)
+        k = fused.conv_abrelu_pool_on_inputs(k.x1, k.x2, k.ntk is not None, **block)
+        start = 3
+    for f in kernel_fns[start:]:
       k = f(k)
     return k
 
@@ -170,7 +207,7 @@ def _affine(k: Kernel, linear: Callable[[jax.Array], jax.Array], W_std: float,
   r"""NTK-parameterized affine layer given its action ``linear`` on covariances.
 
   .. math::
-     K' = W_{std}^2 \\, A(K) + b_{std}^2, \\qquad \\Theta' = W_{std}^2 \\, A(\\Theta) + K'.
+     K' = W_{std}^2 \, A(K) + b_{std}^2, \qquad \Theta' = W_{std}^2 \, A(\Theta) + K'.
   """
   k = materialize(k)
   b2 = 0.0 if b_std is None else b_std ** 2
@@ -263,7 +300,7 @@ def Conv(out_chan: int, filter_shape: Sequence[int] = (3, 3), W_std: float = 1.0
   r"""2-D convolution, stride 1, SAME padding, NTK parameterization.
 
   .. math::
-     K'_{x x'}(i, i') = \\frac{W_{std}^2}{|F|} \\sum_{p \\in F} K_{x x'}(i + p, i' + p)
+     K'_{x x'}(i, i') = \frac{W_{std}^2}{|F|} \sum_{p \in F} K_{x x'}(i + p, i' + p)
        + b_{std}^2,
 
   with zero padding outside the image and ``|F| = fh * fw`` (as ``neural_tangents.stax.Conv``
@@ -301,6 +338,8 @@ def Conv(out_chan: int, filter_shape: Sequence[int] = (3, 3), W_std: float = 1.0
       return _conv_on_inputs(k, fh, fw, W_std, b_std)
     return _affine(k, functools.partial(_diag_conv, fh=fh, fw=fw), W_std, b_std)
 
+  _tag(kernel_fn, "conv", filter_shape=(fh, fw), W_std=float(W_std),
+       b_std=None if b_std is None else float(b_std))
   return Layer(init_fn, apply_fn, kernel_fn)
 
 
@@ -322,7 +361,7 @@ def AvgPool(window: int = 2, stride: Optional[int] = None) -> Layer:
   r"""Average pooling, square ``window``, VALID padding.
 
   .. math::
-     K'_{x x'}(I, I') = \\frac{1}{|w|^2} \\sum_{i \\in I, i' \\in I'} K_{x x'}(i, i').
+     K'_{x x'}(I, I') = \frac{1}{|w|^2} \sum_{i \in I, i' \in I'} K_{x x'}(i, i').
   """
   stride = window if stride is None else stride
 
@@ -348,6 +387,7 @@ def AvgPool(window: int = 2, stride: Optional[int] = None) -> Layer:
     out_size(k.cov1.shape[-1])
     return _map_all(k, functools.partial(_pool4, window=window, stride=stride))
 
+  _tag(kernel_fn, "avgpool", window=int(window), stride=int(stride))
   return Layer(init_fn, apply_fn, kernel_fn)
 
 
@@ -362,7 +402,7 @@ def Flatten() -> Layer:
   r"""Flattens ``(N, H, W, C)`` to ``(N, H*W*C)``.
 
   The following layer's fan-in is ``H W C``, so the kernel is the mean over pixels of the
-  same-pixel covariance: :math:`K' = \\frac{1}{HW} \\sum_i K(i, i)`.
+  same-pixel covariance: :math:`K' = \frac{1}{HW} \sum_i K(i, i)`.
   """
 
   def init_fn(key, input_shape):
@@ -381,7 +421,7 @@ def Flatten() -> Layer:
 
 
 def GlobalAvgPool() -> Layer:
-  r"""Mean over pixels: :math:`K' = \\frac{1}{(HW)^2} \\sum_{i, i'} K(i, i')`."""
+  r"""Mean over pixels: :math:`K' = \frac{1}{(HW)^2} \sum_{i, i'} K(i, i')`."""
 
   def init_fn(key, input_shape):
     return (input_shape[0], input_shape[-1]), ()
@@ -516,7 +556,11 @@ def ABRelu(a: float, b: float) -> Layer:
   def apply_fn(params, x):
     return a * jnp.minimum(x, 0) + b * jnp.maximum(x, 0)
 
-  return Layer(init_fn, apply_fn, lambda k: _elementwise(k, fn))
+  def kernel_fn(k):
+    return _elementwise(k, fn)
+
+  _tag(kernel_fn, "abrelu", a=a, b=b)
+  return Layer(init_fn, apply_fn, kernel_fn)
 
 
 def Relu() -> Layer:
@@ -538,9 +582,9 @@ def Erf(a: float = 1.0, b: float = 1.0, c: float = 0.0) -> Layer:
   r"""``phi(x) = a erf(b x) + c`` (Williams 1997).
 
   .. math::
-     K' = \\frac{2a^2}{\\pi}\\arcsin\\frac{2b^2K_{12}}{\\sqrt{(1+2b^2K_{11})(1+2b^2K_{22})}} + c^2,
-     \\quad \\dot K = \\frac{4a^2b^2}{\\pi}\\big[(1+2b^2K_{11})(1+2b^2K_{22}) - 4b^4K_{12}^2
-     \\big]^{-1/2}.
+     K' = \frac{2a^2}{\pi}\arcsin\frac{2b^2K_{12}}{\sqrt{(1+2b^2K_{11})(1+2b^2K_{22})}} + c^2,
+     \quad \dot K = \frac{4a^2b^2}{\pi}\big[(1+2b^2K_{11})(1+2b^2K_{22}) - 4b^4K_{12}^2
+     \big]^{-1/2}.
   """
   a, b, c = float(a), float(b), float(c)
 

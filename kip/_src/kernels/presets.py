@@ -55,7 +55,8 @@ def convnet(depth: int = 3, W_std: float = math.sqrt(2.0), b_std: Optional[float
             activation: str = "relu", *, prepend_conv: bool = False, filter_size: int = 3,
             readout: str = "flatten", width: int = 128,
             memory_budget: int = engine.DEFAULT_MEMORY_BUDGET,
-            devices: Optional[Sequence[Any]] = None) -> engine.KernelFn:
+            devices: Optional[Sequence[Any]] = None,
+            fused: Optional[bool] = None) -> engine.KernelFn:
   """The KIP ConvNet kernel: ``depth x [Conv 3x3 SAME, ReLU, AvgPool 2x2]``, Flatten, Dense.
 
   ``prepend_conv=True`` gives the variant of the released KIP code, with one more
@@ -73,6 +74,9 @@ def convnet(depth: int = 3, W_std: float = math.sqrt(2.0), b_std: Optional[float
     width: channels of the corresponding finite network; not used by the kernel.
     memory_budget: bytes per block; see :class:`KernelFn`.
     devices: devices to shard over (default all).
+    fused: compute the first ``Conv, ReLU, AvgPool`` block in one tiled pass (same kernel to
+      float rounding, see :class:`KernelFn`); ``None``: fused on CPU. With ``prepend_conv`` the
+      network does not start with that block and the flag has no effect.
   """
   if depth < 1:
     raise ValueError(f"depth={depth} must be >= 1.")
@@ -87,7 +91,7 @@ def convnet(depth: int = 3, W_std: float = math.sqrt(2.0), b_std: Optional[float
           "activation": activation, "prepend_conv": prepend_conv, "filter_size": filter_size,
           "readout": readout}
   return engine.kernel_function(L.serial(*layers), spec=spec, memory_budget=memory_budget,
-                                devices=devices)
+                                devices=devices, fused=fused)
 
 
 def convnet_rf(depth: int = 3, W_std: float = math.sqrt(2.0), b_std: Optional[float] = 0.1,
