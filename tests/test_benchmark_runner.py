@@ -158,7 +158,8 @@ def test_write_results_collects_every_result(suite, tmp_path):
   assert "results/kip_cpu/kip_fc_ipc1.png" in md
   assert "fwd pairs/s" in md and "| KIP | 70 |" in md
   assert "results/suite_tiny/distilled/kip_fc_ipc1.png" in md
-  assert md.count("\n## ") == 4
+  assert "\n## Protocols\n" in md  # the protocol paragraphs, then one section per result
+  assert md.count("\n## ") == 5
 
 
 @pytest.mark.parametrize("tier", ["cpu", "gpu"])
