@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
-from typing import Any, Callable, Mapping, Optional, Union
+from typing import Callable, Mapping, Optional, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
 from kip._src import krr
 from kip._src.kernels.presets import get_kernel
@@ -32,34 +30,15 @@ def _pairs_per_second(f, x_a, x_b) -> float:
   return a.shape[0] * b.shape[0] / max(time.perf_counter() - start, 1e-9)
 
 
-def _predict(kernel_fn, x_s, y_s, x_t, reg, get, batch_size, progress):
-  r""":func:`krr.predict` with an expected-time log line and a bar over test chunks.
-
-  The time is extrapolated from one small timed block: :math:`(n^2 + m n) / \text{rate}` for
-  ``n`` support and ``m`` test images (a lower bound when blocks of that size run faster than
-  the full ones; the first chunk also pays compilation).
-  """
+def _log_expected_time(kernel_fn, x_s, x_t, get) -> None:
+  r"""Logs the expected time of :func:`krr.predict`: :math:`(n^2 + m n) / \text{rate}` for
+  ``n`` support and ``m`` test images, the rate timed on one small block (a lower bound when
+  blocks of that size run faster than the full ones; the first chunk also pays compilation)."""
   n, m = x_s.shape[0], x_t.shape[0]
-  batch_size = batch_size or m
-  f = jax.jit(lambda a, b: kernel_fn(a, b, get))
-  rate = _pairs_per_second(f, x_t, x_s)
-  pairs = n * n + m * n
+  rate = _pairs_per_second(jax.jit(lambda a, b: kernel_fn(a, b, get)), x_t, x_s)
   logger.info("kernel evaluation: %d x %d support + %d x %d test pairs at %.0f pairs/s "
               "(timed on an %d x %d block): expected %.0f s", n, n, m, n, rate,
-              min(_PROBE, m), min(_PROBE, n), pairs / rate)
-  start = time.perf_counter()
-  k_ss = jnp.asarray(kernel_fn(x_s, None, get))
-  alpha = krr.solve(k_ss, jnp.asarray(y_s, k_ss.dtype), reg)
-  if not bool(jnp.all(jnp.isfinite(alpha))):
-    raise ValueError("K_ss is not positive definite even with extra ridge; raise reg "
-                     f"(now {reg}) or check the support set for duplicates/NaNs.")
-  outs = []
-  chunks = range(0, m, batch_size)
-  for i in tqdm(chunks, desc="K(test, support)", unit="chunk", disable=not progress):
-    k_ts = jnp.asarray(f(x_t[i:i + batch_size], x_s)).astype(alpha.dtype)
-    outs.append(k_ts @ alpha)
-  logger.info("kernel evaluation took %.1f s", time.perf_counter() - start)
-  return jnp.concatenate(outs, axis=0)
+              min(_PROBE, m), min(_PROBE, n), (n * n + m * n) / rate)
 
 
 def _kernel_of(distilled, kernel):
@@ -91,7 +70,12 @@ def kernel_predictions(distilled, dataset, kernel: Union[None, str, Mapping, Cal
   x = dataset.x_test if num_test is None else dataset.x_test[:num_test]
   x_s, y_s, x = jnp.asarray(distilled.images), jnp.asarray(distilled.labels), jnp.asarray(x)
   krr._check(x_s, y_s, x)
-  return np.asarray(_predict(kernel_fn, x_s, y_s, x, reg, get, batch_size, progress))
+  _log_expected_time(kernel_fn, x_s, x, get)
+  start = time.perf_counter()
+  pred = krr.predict(kernel_fn, x_s, y_s, x, reg, get=get, batch_size=batch_size,
+                     progress=progress)
+  logger.info("kernel evaluation took %.1f s", time.perf_counter() - start)
+  return np.asarray(pred)
 
 
 def kernel_accuracy(distilled, dataset, kernel: Union[None, str, Mapping, Callable] = None, *,

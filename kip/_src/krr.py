@@ -22,6 +22,7 @@ from typing import Callable, Optional, Protocol
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
 __all__ = ["KernelFn", "ridge", "solve", "predict", "predict_from_kernels", "accuracy", "mse",
            "kernel_matrix", "DEFAULT_REG"]
@@ -133,7 +134,7 @@ def predict_from_kernels(k_ss: jax.Array, k_ts: jax.Array, y_s: jax.Array,
 
 def predict(kernel_fn: Callable, x_support: jax.Array, y_support: jax.Array,
             x_target: jax.Array, reg: float = DEFAULT_REG, *, get: str = "ntk",
-            batch_size: Optional[int] = None, dtype=None) -> jax.Array:
+            batch_size: Optional[int] = None, dtype=None, progress: bool = False) -> jax.Array:
   """KRR predictions for ``x_target`` from the support set.
 
   Args:
@@ -145,6 +146,7 @@ def predict(kernel_fn: Callable, x_support: jax.Array, y_support: jax.Array,
     get: ``'ntk'`` or ``'nngp'``.
     batch_size: targets per kernel call (default: all at once).
     dtype: e.g. ``jnp.float64`` to solve in double precision (needs ``jax_enable_x64``).
+    progress: show a bar over the target chunks.
 
   Returns:
     ``(m, k)`` predictions.
@@ -164,7 +166,8 @@ def predict(kernel_fn: Callable, x_support: jax.Array, y_support: jax.Array,
   batch_size = batch_size or m
   f = jax.jit(lambda a, b: kernel_fn(a, b, get))
   outs = []
-  for i in range(0, m, batch_size):
+  for i in tqdm(range(0, m, batch_size), desc="K(target, support)", unit="chunk",
+                disable=not progress):
     k_ts = jnp.asarray(f(x_target[i:i + batch_size], x_support)).astype(alpha.dtype)
     outs.append(k_ts @ alpha)
   return jnp.concatenate(outs, axis=0)
