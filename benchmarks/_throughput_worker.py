@@ -60,7 +60,7 @@ def parts(x1, x2, repeats):
   block = jax.jit(lambda a, b: F.conv_abrelu_pool_on_inputs(
       a, b, True, filter_shape=(3, 3), W_std=2 ** 0.5, b_std=0.1, a=0.0, b=1.0, window=2))
   k0 = block(x1, x2)
-  rest = L.serial(*[L.Conv(1, (3, 3), 2 ** 0.5, 0.1), L.Relu(), L.AvgPool(2)] * 2, L.Flatten(),
+  rest = L.serial(*[L.Conv(1, (3, 3), 2 ** 0.5, 0.1), L.Relu(), L.AvgPool(2, 2)] * 2, L.Flatten(),
                   L.Dense(1, 2 ** 0.5, 0.1))
   later = jax.jit(lambda k: rest.kernel_fn(k).ntk)
   out = {"gemm_alone": pairs / best_time(gemm, (q1, q2), repeats),

@@ -13,18 +13,30 @@ driver; then
   images of the same size under the same protocol and the published numbers of
   ../shared/ANCHORS.md.
 
+The library's stored sets of the same size (DM, DSA, KIP-FC under ``benchmarks/results``;
+``--compare`` names others) are evaluated under the same protocol in the same run.
+
+``--validation-size N`` is the setting search: KIP distils from all but the last ``N`` training
+images and every figure is measured on those ``N`` held-out training images instead of the
+test set (the JSON says ``"split": "validation"``); stored sets are not compared there, since
+they saw those images.
+
 Writes ``kip_rf_ipc{N}.npz`` / ``.png`` and ``kip_rf_cpu.json`` under ``--out``.
 
   python -m benchmarks.kip_rf_cpu [--ipc 1 10] [--budget-minutes 60 60] [--width 128]
-      [--models 1] [--targets 1280] [--restarts 10 5] [--quick]
+      [--models 1] [--targets 1280] [--restarts 10 5] [--loss platt|mse] [--fixed-labels]
+      [--optimizer adabelief|adam] [--lr 1e-3] [--validation-size N] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import time
+
+import numpy as np
 
 import optax
 
@@ -38,6 +50,43 @@ PUBLISHED = {  # ../shared/ANCHORS.md, Fashion-MNIST, after transfer to finite n
     "rfad": {1: "78.6", 10: "87.0"},
     "dsa": {1: "70.6", 10: "84.6"},
 }
+STORED = {  # the library's own sets, evaluated beside KIP-RF under the same protocol
+    "DM": os.path.join(common.RESULTS_DIR, "suite_cpu", "distilled", "dm_ipc{ipc}.npz"),
+    "DSA": os.path.join(common.RESULTS_DIR, "suite_cpu", "distilled", "dsa_ipc{ipc}.npz"),
+    "KIP-FC": os.path.join(common.RESULTS_DIR, "kip_cpu", "kip_fc_ipc{ipc}.npz"),
+}
+
+
+def holdout(ds, n: int):
+  """``ds`` with its last ``n`` training images moved to the test split (a validation split)."""
+  if not 0 < n < ds.x_train.shape[0]:
+    raise SystemExit(f"--validation-size {n}: must be in [1, {ds.x_train.shape[0] - 1}]")
+  return dataclasses.replace(ds, x_train=ds.x_train[:-n], y_train=ds.y_train[:-n],
+                             x_test=ds.x_train[-n:], y_test=ds.y_train[-n:])
+
+
+def stored_sets(ds, ipc: int, extra=()) -> dict:
+  """The stored sets of ``ipc`` images per class whose preprocessing matches ``ds``'s."""
+  out = {}
+  paths = {**{k: v.format(ipc=ipc) for k, v in STORED.items()},
+           **{os.path.basename(p): p for p in extra if f"ipc{ipc}." in os.path.basename(p)}}
+  for name, path in paths.items():
+    if not os.path.exists(path):
+      continue
+    s = kip.DistilledSet.load(path)
+    s.check_compatible(ds)
+    prep = s.preprocessing
+    mine = ds.preprocessing.to_arrays()
+    same = prep is not None and prep.kind == ds.preprocessing.kind and all(
+        k in mine and np.shape(v) == np.shape(mine[k]) and (
+            np.allclose(v, mine[k]) if np.asarray(v).dtype.kind in "fiu"
+            else np.array_equal(v, mine[k]))
+        for k, v in prep.to_arrays().items())
+    if len(s) != ipc * ds.num_classes or not same:
+      logger.warning("skipping %s: %d images or other preprocessing", path, len(s))
+      continue
+    out[name] = s
+  return out
 
 
 def _per_ipc(values, ipcs, what):
@@ -58,8 +107,16 @@ def main(argv=None):
   p.add_argument("--eval-models", type=int, default=8, help="networks of the KRR evaluation")
   p.add_argument("--targets", type=int, default=1280, help="target images per step")
   p.add_argument("--loss", default="platt", choices=["platt", "mse"])
-  p.add_argument("--lr", type=float, default=1e-3, help="AdaBelief learning rate (RFAD)")
-  p.add_argument("--restarts", type=int, nargs="+", default=[10, 5])
+  p.add_argument("--lr", type=float, default=1e-3, help="learning rate (RFAD: AdaBelief 1e-3)")
+  p.add_argument("--optimizer", default="adabelief", choices=["adabelief", "adam"])
+  p.add_argument("--fixed-labels", action="store_true",
+                 help="keep the centred one-hot labels (images only)")
+  p.add_argument("--validation-size", type=int, default=0,
+                 help="measure on the last N training images instead of the test set")
+  p.add_argument("--compare", nargs="*", default=[],
+                 help="more stored sets (.npz, name containing ipcN.) to evaluate alike")
+  p.add_argument("--restarts", type=int, nargs="+", default=None,
+                 help="one value or one per --ipc value (default: 10 at IPC 1, else 5)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--quick", action="store_true",
                  help="a test: 500 training images, a few seconds of KIP, 1 short restart")
@@ -68,8 +125,12 @@ def main(argv=None):
   a = p.parse_args(argv)
   common.setup_logging()
   budgets = _per_ipc(a.budget_minutes, a.ipc, "budget-minutes")
-  restarts = _per_ipc(a.restarts, a.ipc, "restarts")
+  restarts = (_per_ipc(a.restarts, a.ipc, "restarts") if a.restarts
+              else {i: 10 if i == 1 else 5 for i in a.ipc})
   ds = kip.data.load("fashion_mnist")
+  split = "test"
+  if a.validation_size:
+    ds, split = holdout(ds, a.validation_size), "validation"
   recipe_overrides = None
   if a.quick:
     ds = ds.subset(500, 200, seed=0)
@@ -77,12 +138,15 @@ def main(argv=None):
     restarts = {i: 1 for i in a.ipc}
     recipe_overrides = {"epochs": 2}
   rows, results = [], []
+  make_optimizer = {"adabelief": optax.adabelief, "adam": optax.adam}[a.optimizer]
+  transfer = dict(model="convnet", recipe="dc", seed=a.seed, recipe_overrides=recipe_overrides,
+                  progress=not a.no_progress)
   for ipc in a.ipc:
     kernel = kip.kernels.convnet_rf(width=a.width, num_models=a.models)
     t = time.time()
     distilled = kip.distill(ds, images_per_class=ipc, kernel=kernel, get="nngp",
-                            loss=a.loss, learn_labels=True, steps=a.steps,
-                            optimizer=optax.adabelief(a.lr),
+                            loss=a.loss, learn_labels=not a.fixed_labels, steps=a.steps,
+                            optimizer=make_optimizer(a.lr),
                             target_batch_size=min(a.targets, ds.x_train.shape[0]), seed=a.seed,
                             time_budget=60 * budgets[ipc], progress=not a.no_progress)
     seconds = time.time() - t
@@ -91,38 +155,57 @@ def main(argv=None):
     eval_kernel = kip.kernels.convnet_rf(width=a.width, num_models=a.eval_models,
                                          fixed_seed=a.seed, batch_size=250)
     krr = kip.evaluate.kernel_accuracy(distilled, ds, eval_kernel, get="nngp")
-    conv = kip.transfer.evaluate(distilled, ds, model="convnet", recipe="dc",
-                                 restarts=restarts[ipc], seed=a.seed,
-                                 recipe_overrides=recipe_overrides,
-                                 progress=not a.no_progress)
-    rand = kip.transfer.evaluate_random(ds, ipc, model="convnet", recipe="dc",
-                                        restarts=restarts[ipc], seed=a.seed,
-                                        recipe_overrides=recipe_overrides,
-                                        progress=not a.no_progress)
+    conv = kip.transfer.evaluate(distilled, ds, restarts=restarts[ipc], **transfer)
+    rand = kip.transfer.evaluate_random(ds, ipc, restarts=restarts[ipc], **transfer)
+    others = {}
+    if split == "test" and not a.quick:
+      for name, s in stored_sets(ds, ipc, a.compare).items():
+        others[name] = kip.transfer.evaluate(s, ds, restarts=restarts[ipc], **transfer)
+        logger.info("IPC %d, %s: ConvNet-3 %s", ipc, name, others[name])
     os.makedirs(a.out, exist_ok=True)
     distilled.save(os.path.join(a.out, f"kip_rf_ipc{ipc}.npz"))
     distilled.grid(os.path.join(a.out, f"kip_rf_ipc{ipc}.png"), class_names=ds.class_names)
     target = TARGETS.get(ipc)
-    results.append({"ipc": ipc, "steps": steps, "seconds_per_step": per_step,
+    results.append({"ipc": ipc, "split": split, "steps": steps, "seconds_per_step": per_step,
                     "distill_seconds": seconds, "budget_minutes": budgets[ipc],
                     "krr_rf_accuracy": krr, "convnet": conv.to_dict(),
-                    "random_convnet": rand.to_dict(), "target": target,
-                    "reached": bool(target is not None and 100 * conv.mean >= target)})
+                    "random_convnet": rand.to_dict(),
+                    "stored_convnet": {k: v.to_dict() for k, v in others.items()},
+                    "target": target,
+                    "reached": bool(split == "test" and target is not None
+                                    and 100 * conv.mean >= target)})
     rows.append([ipc, steps, f"{per_step:.2f}", f"{100 * krr:.2f}", str(conv), str(rand),
+                 "; ".join(f"{k} {v}" for k, v in others.items()) or "-",
                  PUBLISHED["kip_transfer"].get(ipc, "-"), PUBLISHED["rfad"].get(ipc, "-"),
                  PUBLISHED["dsa"].get(ipc, "-"), "-" if target is None else f">= {target}"])
-    logger.info("IPC %d: %d steps (%.2f s/step), RF KRR %.4f, ConvNet-3 %s, random %s", ipc,
-                steps, per_step, krr, conv, rand)
-  header = ["IPC", "steps", "s/step", "RF KRR %", "ConvNet-3 (ours)", "random real ConvNet-3",
+    logger.info("IPC %d: %d steps (%.2f s/step), RF KRR %.4f, ConvNet-3 %s, random %s (%s)",
+                ipc, steps, per_step, krr, conv, rand, split)
+    table = _write(a, split, rows, results)  # after every IPC: a later failure keeps this one
+  logger.info("\nFashion-MNIST, KIP convnet_rf (width %d, %d model(s)/step, %d targets, %s "
+              "loss, %s labels, %s lr %g)%s\n%s", a.width, a.models, a.targets, a.loss,
+              "fixed" if a.fixed_labels else "learned", a.optimizer, a.lr,
+              " QUICK (not a result)" if a.quick else "", table)
+
+
+def _write(a, split, rows, results) -> str:
+  header = ["IPC", "steps", "s/step", f"RF KRR % ({split})", f"ConvNet-3 KIP-RF ({split})",
+            "random real ConvNet-3", "stored sets, ConvNet-3",
             "published KIP transfer", "published RFAD", "published DSA", "target"]
   table = common.markdown_table(header, rows)
-  logger.info("\nFashion-MNIST, KIP convnet_rf (width %d, %d model(s)/step, %d targets, %s "
-              "loss)%s\n%s", a.width, a.models, a.targets, a.loss,
-              " QUICK (not a result)" if a.quick else "", table)
+  caption = (
+      f"KIP with `kernel=convnet_rf` (ConvNet-3 random features: width {a.width}, {a.models} "
+      f"network(s) drawn fresh every step), {a.loss} loss on centred labels "
+      f"({'fixed' if a.fixed_labels else 'learned'}), {a.optimizer} lr {a.lr:g}, {a.targets} "
+      f"targets per step without replacement, time-boxed per IPC by the driver. RF KRR: 8 fixed "
+      f"networks of the same width. Finite ConvNet-3: DC protocol (see Protocols) on the "
+      f"{split} images; random real: a new class-balanced subset per restart; stored sets: the "
+      f"library's DM / DSA (suite_cpu) and KIP-FC (kip_cpu) sets under the same protocol, in the "
+      f"same run. Published numbers: ANCHORS.md, after transfer to finite networks.")
   common.write_json(os.path.join(a.out, "kip_rf_cpu.json"),
-                    {"args": vars(a), "machine": common.machine(), "results": results,
-                     "table": table, "quick": a.quick})
-
+                    {"title": "KIP with random-feature ConvNet kernels (Fashion-MNIST, CPU)",
+                     "caption": caption, "args": vars(a), "machine": common.machine(),
+                     "results": results, "table": table, "quick": a.quick, "split": split})
+  return table
 
 if __name__ == "__main__":
   main()

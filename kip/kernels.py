@@ -3,7 +3,7 @@
 Layers compose like ``neural_tangents.stax``::
 
   layer = kip.kernels.serial(kip.kernels.Conv(128), kip.kernels.Relu(),
-                             kip.kernels.AvgPool(2), kip.kernels.Flatten(),
+                             kip.kernels.AvgPool(2, stride=2), kip.kernels.Flatten(),
                              kip.kernels.Dense(1))
   kernel_fn = kip.kernels.kernel_function(layer)
   ntk = kernel_fn(x1, x2, 'ntk')

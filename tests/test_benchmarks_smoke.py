@@ -101,3 +101,25 @@ def test_poisoning_cpu(tmp_path):
   assert 0.0 <= res["after"]["attacked_to_target"] <= 1.0
   assert report.before.other_accuracy == pytest.approx(res["before"]["other_accuracy"])
   assert (out / "poison.png").exists() and (out / "poisoning_cpu.md").exists()
+
+
+def test_kip_rf_cpu_validation_split_and_stored_sets(tmp_path, monkeypatch):
+  """The setting search measures on held-out training images; stored sets must match."""
+  import kip
+  from benchmarks import kip_rf_cpu
+  ds = kip.data.load("digits")
+  val = kip_rf_cpu.holdout(ds, 100)
+  assert val.x_train.shape[0] == ds.x_train.shape[0] - 100
+  assert (val.x_test == ds.x_train[-100:]).all() and (val.y_test == ds.y_train[-100:]).all()
+  with pytest.raises(SystemExit, match="--validation-size 0"):
+    kip_rf_cpu.holdout(ds, 0)
+  kip.baselines.random_real(ds, 1, 0).save(tmp_path / "mine_ipc1.npz")
+  kip.baselines.random_real(ds, 2, 0).save(tmp_path / "mine_ipc2.npz")
+  other = kip.data.load("digits", preprocess="none")
+  kip.baselines.random_real(other, 1, 0).save(tmp_path / "raw_ipc1.npz")
+  monkeypatch.setattr(kip_rf_cpu, "STORED", {"mine": str(tmp_path / "mine_ipc{ipc}.npz"),
+                                             "absent": str(tmp_path / "nope_ipc{ipc}.npz")})
+  got = kip_rf_cpu.stored_sets(ds, 1, [str(tmp_path / "raw_ipc1.npz"),
+                                       str(tmp_path / "mine_ipc2.npz")])
+  assert list(got) == ["mine"] and len(got["mine"]) == 10  # other preprocessing, size skipped
+  assert list(kip_rf_cpu.stored_sets(ds, 2)) == ["mine"]

@@ -52,7 +52,7 @@ def test_fused_equals_reference_float64(act, b_std):
 def test_block_state_matches_layers(a, b, window):
   """All four fields of the block's state (cross, NTK, self covariances), odd sizes too."""
   x1, x2 = _x((7, 7, 2), 2, 4), _x((7, 7, 2), 3, 5)
-  want = L.serial(L.Conv(1, (3, 3), 1.2, 0.3), L.ABRelu(a, b), L.AvgPool(window)).kernel_fn(
+  want = L.serial(L.Conv(1, (3, 3), 1.2, 0.3), L.ABRelu(a, b), L.AvgPool(window, window)).kernel_fn(
       L.lazy_input(x1, x2, True))
   got = F.conv_abrelu_pool_on_inputs(x1, x2, True, filter_shape=(3, 3), W_std=1.2, b_std=0.3,
                                      a=a, b=b, window=window)
@@ -135,3 +135,9 @@ def test_kernel_accuracy_logs_eta_and_progress(caplog):
   assert 0.0 <= acc <= 1.0
   messages = [r.getMessage() for r in caplog.records]
   assert any("expected" in m and "kernel evaluation" in m for m in messages), messages
+  rf = kk.fc_rf(width=16, num_models=1, fixed_seed=0)
+  caplog.clear()
+  with caplog.at_level(logging.INFO, logger="kip"):
+    kip.evaluate.kernel_accuracy(support, ds, kernel=rf, get="nngp", batch_size=25)
+  eta = [r.getMessage() for r in caplog.records if "expected" in r.getMessage()]
+  assert eta and "images/s" in eta[0] and "60 test images" in eta[0], eta  # cost per image

@@ -11,7 +11,7 @@ def test_gpu_check_tiny_writes_every_part(tmp_path):
       "throughput": "ok", "kip_convnet": "ok", "kip_rf": "ok"}
   t = json.loads((tmp_path / "throughput.json").read_text())
   assert {(r["network"], r["fused"]) for r in t["rows"]} == {
-      ("convnet3", False), ("convnet3", True), ("convnet4", False), ("convnet4", True)}
+      ("convnet3", False), ("convnet3", True), ("convnet4", False)}
   assert all(r["forward_pairs_per_s"] > 0 and r["grad_pairs_per_s"] > 0 for r in t["rows"])
   assert t["convnet3_max_rel_diff_fused_vs_xla"] < 1e-4 and t["depth"] == 1
   for name in ("kip_convnet", "kip_rf"):

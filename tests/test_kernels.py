@@ -53,7 +53,7 @@ def _mc_ntk(layer, x, n_nets, key):
 def _conv_layer(width, readout_width, depth=2):
   layers = []
   for _ in range(depth):
-    layers += [kk.Conv(width, (3, 3), SQ2, 0.1), kk.Relu(), kk.AvgPool(2)]
+    layers += [kk.Conv(width, (3, 3), SQ2, 0.1), kk.Relu(), kk.AvgPool(2, 2)]
   return kk.serial(*layers, kk.Flatten(), kk.Dense(readout_width, SQ2, 0.1))
 
 
@@ -200,6 +200,8 @@ def test_errors():
     kf(_x((8, 8, 1), 2, 0), None, "bogus")
   with pytest.raises(ValueError, match="trailing shape"):
     kf(_x((8, 8, 1), 2, 0), _x((9, 9, 1), 2, 0), "ntk")
+  with pytest.raises(TypeError, match="gett"):  # a misspelt keyword is not swallowed
+    kf(_x((8, 8, 1), 2, 0), None, gett="ntk")
   with pytest.raises(ValueError, match="too deep"):
     kk.convnet(4)(_x((8, 8, 1), 2, 0), None, "ntk")
   with pytest.raises(ValueError, match="odd"):
@@ -208,6 +210,19 @@ def test_errors():
     kk.kernel_function(kk.serial(kk.Conv(1), kk.Relu()))(_x((4, 4, 1), 2, 0), None, "ntk")
   with pytest.raises(ValueError, match="kernel="):
     kk.get_kernel("resnet")
+
+
+def test_avgpool_stride_defaults_to_one_as_neural_tangents():
+  x = _x((7, 7, 1), 2, 0)
+  shape = lambda layer: layer.init_fn(jax.random.PRNGKey(0), x.shape)[0]  # noqa: E731
+  assert shape(kk.AvgPool(2)) == (2, 6, 6, 1)  # stax.AvgPool((2, 2)): strides (1, 1)
+  assert shape(kk.AvgPool(2, stride=2)) == (2, 3, 3, 1)
+  k = kk.kernel_function(kk.serial(kk.Conv(1), kk.Relu(), kk.AvgPool(2), kk.Flatten(),
+                                   kk.Dense(1)))(x, None, "nngp")
+  assert k.shape == (2, 2) and bool(jnp.all(jnp.isfinite(k)))
+  for bad in (0, None, 1.5):
+    with pytest.raises(ValueError, match="stride="):
+      kk.AvgPool(2, stride=bad)
 
 
 def test_get_kernel_rebuilds_from_spec():

@@ -124,7 +124,19 @@ def test_leaky_relu_and_dense_on_spatial():
                     stax.LeakyRelu(0.2), stax.Dense(1, 1.1, 0.2), stax.Relu(),
                     stax.AvgPool((2, 2), (2, 2)), stax.Flatten(), stax.Dense(1))[2]
   ours = kk.kernel_function(kk.serial(kk.Conv(1, (3, 3), 1.2, 0.1), kk.LeakyRelu(0.2),
-                                      kk.Dense(1, 1.1, 0.2), kk.Relu(), kk.AvgPool(2),
+                                      kk.Dense(1, 1.1, 0.2), kk.Relu(), kk.AvgPool(2, 2),
+                                      kk.Flatten(), kk.Dense(1, 1.0, 0.0)))
+  r, o = ref(x1, x2, ("nngp", "ntk")), ours(x1, x2, ("nngp", "ntk"))
+  assert rel_err(r.nngp, o.nngp) < 1e-5
+  assert rel_err(r.ntk, o.ntk) < 1e-5
+
+
+def test_avgpool_default_stride_is_neural_tangents():
+  """``kk.AvgPool(3)`` is ``stax.AvgPool((3, 3))``: both pool with unit strides by default."""
+  x1, x2 = _inputs((7, 7, 2), 2, 3, same=False, seed=5)
+  ref = stax.serial(stax.Conv(1, (3, 3), padding="SAME"), stax.Relu(), stax.AvgPool((3, 3)),
+                    stax.Flatten(), stax.Dense(1))[2]
+  ours = kk.kernel_function(kk.serial(kk.Conv(1, (3, 3), 1.0, 0.0), kk.Relu(), kk.AvgPool(3),
                                       kk.Flatten(), kk.Dense(1, 1.0, 0.0)))
   r, o = ref(x1, x2, ("nngp", "ntk")), ours(x1, x2, ("nngp", "ntk"))
   assert rel_err(r.nngp, o.nngp) < 1e-5

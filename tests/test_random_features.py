@@ -86,7 +86,7 @@ def test_error_depends_on_width_times_models():
 def test_features_match_readout_identity():
   """``Phi Phi^T = mean_m (W^2 <h_m, h_m'> / D + b^2)`` with the read-out's ``W``, ``b``."""
   w_out, b_out = 1.7, 0.3
-  body = kk.serial(kk.Conv(8, (3, 3), SQ2, 0.1), kk.Relu(), kk.AvgPool(2), kk.Flatten())
+  body = kk.serial(kk.Conv(8, (3, 3), SQ2, 0.1), kk.Relu(), kk.AvgPool(2, 2), kk.Flatten())
   net = kk.serial(body, kk.Dense(1, w_out, b_out))
   rf = kk.random_features(net, num_models=3)
   x, x2 = _x((6, 6, 2), 4, 1), _x((6, 6, 2), 3, 5)
@@ -189,6 +189,21 @@ def test_fresh_and_fixed_networks():
   assert fixed.spec["fixed_seed"] == 7 and fresh.spec["fixed_seed"] is None
 
 
+def test_batched_and_unrolled_networks_agree():
+  """``vmap_models``: one batched pass or the networks one by one, same features and grads."""
+  x = _x((8, 8, 1), 4, 2)
+  k = kk.convnet_rf(depth=1, width=4, num_models=3)
+  assert k.uses_vmap() == (jax.devices()[0].platform != "cpu")
+  outs = []
+  for flag in (True, False):
+    kf = k.replace(vmap_models=flag)
+    assert kf.uses_vmap() is flag
+    loss = lambda a, kf=kf: jnp.sum(kf(a, x, key=_key(3)) ** 2)  # noqa: E731
+    outs.append((kf.features(_key(3), x, stacked=True), jax.grad(loss)(x)))
+  np.testing.assert_allclose(outs[0][0], outs[1][0], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(outs[0][1], outs[1][1], rtol=1e-4, atol=1e-6)
+
+
 def test_presets_registered_and_spec_round_trip():
   k = kk.get_kernel("convnet_rf")
   assert isinstance(k, kk.RandomFeatureKernel)
@@ -231,3 +246,5 @@ def test_bad_input():
     kk.random_features(headless, flatten_inputs=True)(x, key=_key(0))
   with pytest.raises(ValueError, match="fixed_seed"):
     kk.fc_rf(fixed_seed="seven")
+  with pytest.raises(TypeError, match="kee"):  # a misspelt keyword is not swallowed
+    kk.convnet_rf(depth=2, width=4, num_models=1)(x, kee=_key(0))

@@ -7,6 +7,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from kip import transfer
@@ -158,6 +159,37 @@ def test_step_half_schedule_and_weight_decay():
     steps.append(-float(update))
   # gradient 1 + coupled decay 0.5 * 1 = 1.5, times lr 0.1 then 0.01 from step 5 on
   np.testing.assert_allclose(steps, [0.15] * 5 + [0.015] * 5, rtol=1e-6)
+
+
+@pytest.mark.parametrize("schedule,momentum", [("step_half", 0.9), ("cosine", 0.0)])
+def test_trainer_update_is_make_optimizer_with_run_time_lr_and_decay(schedule, momentum):
+  """The trainer's step (lr, wd as arguments) equals ``make_optimizer``'s optax chain, and
+  recipes that differ only in lr / wd share one compiled trainer."""
+  model = transfer.get_model("fc", 3, width=8, depth=1)
+  x, y = DATA.x_train[:16], DATA.one_hot(DATA.y_train[:16])
+  recipe = transfer.get_recipe("dc", steps=6, batch_size=8, schedule=schedule,
+                               momentum=momentum, weight_decay=0.01, learning_rate=0.2)
+  key = jax.random.PRNGKey(3)
+  got = transfer.train(model, x, y, recipe, key)
+  other = transfer_train._trainer(model, recipe.replace(learning_rate=0.5, weight_decay=0.0),
+                                  16, None, False)
+  assert transfer_train._trainer(model, recipe, 16, None, False) is other
+  # The same run with the optax transformation, batches as the trainer draws them.
+  tx = transfer.make_optimizer(recipe, recipe.num_steps(16))
+  k_init, k_data = jax.random.split(key)
+  params = model.init(k_init, jnp.asarray(x[:1]), train=False)["params"]
+  opt_state = tx.init(params)
+  targets = jnp.asarray(transfer.training_targets(y, recipe.loss))
+  loss = lambda p, xb, yb: transfer_train._loss(  # noqa: E731
+      recipe.loss, model.apply({"params": p}, xb, train=True), yb)
+  for t in range(recipe.num_steps(16)):
+    perm = jax.random.permutation(jax.random.fold_in(jax.random.fold_in(k_data, 0), t // 2), 16)
+    idx = perm[(t % 2) * 8:(t % 2) * 8 + 8]
+    grads = jax.grad(loss)(params, jnp.asarray(x)[idx], targets[idx])
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+  for a, b in zip(jax.tree.leaves(got["params"]), jax.tree.leaves(params)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_targets_reference_rule():

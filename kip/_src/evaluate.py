@@ -19,26 +19,44 @@ logger = logging.getLogger("kip.evaluate")
 
 # Side of the small block timed to extrapolate the cost of the whole evaluation.
 _PROBE = 8
+_RF_PROBE = 128  # random-feature kernels: images per side of the timed block
 
 
-def _pairs_per_second(f, x_a, x_b) -> float:
-  """Kernel pairs per second of the jitted ``f`` on a ``_PROBE x _PROBE`` block (compiled first)."""
-  a, b = x_a[:_PROBE], x_b[:_PROBE]
+def _pairs_per_second(f, x_a, x_b, probe: int = _PROBE) -> float:
+  """Kernel pairs per second of the jitted ``f`` on a ``probe x probe`` block (compiled first)."""
+  a, b = x_a[:probe], x_b[:probe]
   jax.block_until_ready(f(a, b))  # compile
   start = time.perf_counter()
   jax.block_until_ready(f(a, b))
   return a.shape[0] * b.shape[0] / max(time.perf_counter() - start, 1e-9)
 
 
-def _log_expected_time(kernel_fn, x_s, x_t, get) -> None:
-  r"""Logs the expected time of :func:`krr.predict`: :math:`(n^2 + m n) / \text{rate}` for
-  ``n`` support and ``m`` test images, the rate timed on one small block (a lower bound when
-  blocks of that size run faster than the full ones; the first chunk also pays compilation)."""
+def _log_expected_time(kernel_fn, x_s, x_t, get, batch_size: int) -> None:
+  r"""Logs the expected time of :func:`krr.predict`, from one small block timed (a lower bound
+  when blocks of that size run faster than the full ones; the first chunk also pays
+  compilation).
+
+  An exact kernel costs per pair: :math:`(n^2 + m n) / \text{rate}` for ``n`` support and
+  ``m`` test images. A random-feature kernel costs per image (its features; the Gram products
+  are negligible): :math:`(2n + m + n \lceil m / \text{batch} \rceil) / \text{rate}`, the
+  support's features being recomputed for every test chunk.
+  """
   n, m = x_s.shape[0], x_t.shape[0]
-  rate = _pairs_per_second(jax.jit(lambda a, b: kernel_fn(a, b, get)), x_t, x_s)
+  f = jax.jit(lambda a, b: kernel_fn(a, b, get))
+  features = getattr(kernel_fn, "features", None) is not None
+  side = _RF_PROBE if features else _PROBE  # per-call overhead would dominate 8 x 8 features
+  rate = _pairs_per_second(f, x_t, x_s, side)
+  probe = f"timed on an {min(side, m)} x {min(side, n)} block"
+  if features:
+    images = min(side, m) + min(side, n)
+    rate = rate * images / (min(side, m) * min(side, n))  # images/s
+    total = 2 * n + m + n * -(-m // max(int(batch_size), 1))
+    logger.info("kernel evaluation: features of %d support + %d test images (support again "
+                "per chunk) at %.0f images/s (%s): expected %.0f s", n, m, rate, probe,
+                total / rate)
+    return
   logger.info("kernel evaluation: %d x %d support + %d x %d test pairs at %.0f pairs/s "
-              "(timed on an %d x %d block): expected %.0f s", n, n, m, n, rate,
-              min(_PROBE, m), min(_PROBE, n), (n * n + m * n) / rate)
+              "(%s): expected %.0f s", n, n, m, n, rate, probe, (n * n + m * n) / rate)
 
 
 def _kernel_of(distilled, kernel):
@@ -70,7 +88,7 @@ def kernel_predictions(distilled, dataset, kernel: Union[None, str, Mapping, Cal
   x = dataset.x_test if num_test is None else dataset.x_test[:num_test]
   x_s, y_s, x = jnp.asarray(distilled.images), jnp.asarray(distilled.labels), jnp.asarray(x)
   krr._check(x_s, y_s, x)
-  _log_expected_time(kernel_fn, x_s, x, get)
+  _log_expected_time(kernel_fn, x_s, x, get, batch_size)
   start = time.perf_counter()
   pred = krr.predict(kernel_fn, x_s, y_s, x, reg, get=get, batch_size=batch_size,
                      progress=progress)

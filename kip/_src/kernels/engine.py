@@ -117,8 +117,7 @@ class KernelFn:
     return block_shape(n1, n2, self.bytes_per_pair(input_shape, itemsize), self.memory_budget)
 
   # ------------------------------------------------------------------ evaluation
-  def __call__(self, x1: jax.Array, x2: Optional[jax.Array] = None, get: Get = ("nngp", "ntk"),
-               **unused_kwargs):
+  def __call__(self, x1: jax.Array, x2: Optional[jax.Array] = None, get: Get = ("nngp", "ntk")):
     """Evaluates the kernel between ``x1`` and ``x2``.
 
     Args:

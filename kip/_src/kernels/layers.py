@@ -357,13 +357,24 @@ def _pool4(a: jax.Array, window: int, stride: int) -> jax.Array:
   return lax.reduce_window(a, 0.0, lax.add, dims, strides, "VALID") / window ** 4
 
 
-def AvgPool(window: int = 2, stride: Optional[int] = None) -> Layer:
+def AvgPool(window: int = 2, stride: int = 1) -> Layer:
   r"""Average pooling, square ``window``, VALID padding.
 
   .. math::
      K'_{x x'}(I, I') = \frac{1}{|w|^2} \sum_{i \in I, i' \in I'} K_{x x'}(i, i').
+
+  Args:
+    window: side of the square pooling window.
+    stride: step between windows. The default 1 is neural-tangents'
+      (``stax.AvgPool(window_shape, strides=None)`` pools with unit strides), so a ported
+      ``stax.AvgPool((2, 2))`` is ``AvgPool(2)``; the ConvNet presets pool with
+      ``stride=window`` (``stax.AvgPool((2, 2), strides=(2, 2))`` in the KIP notebooks).
   """
-  stride = window if stride is None else stride
+  if isinstance(window, bool) or int(window) != window or window < 1:
+    raise ValueError(f"AvgPool window={window!r}: use a positive int.")
+  if isinstance(stride, bool) or stride is None or int(stride) != stride or stride < 1:
+    raise ValueError(f"AvgPool stride={stride!r}: use a positive int (window={window} pools "
+                     f"without overlap).")
 
   def out_size(s):
     if s < window:

@@ -85,7 +85,7 @@ def convnet(depth: int = 3, W_std: float = math.sqrt(2.0), b_std: Optional[float
   conv = lambda: L.Conv(width, (filter_size, filter_size), W_std, b_std)  # noqa: E731
   layers = [conv(), _activation(activation)] if prepend_conv else []
   for _ in range(depth):
-    layers += [conv(), _activation(activation), L.AvgPool(2)]
+    layers += [conv(), _activation(activation), L.AvgPool(2, stride=2)]
   layers += [L.Flatten() if readout == "flatten" else L.GlobalAvgPool(), L.Dense(1, W_std, b_std)]
   spec = {"architecture": "convnet", "depth": depth, "W_std": W_std, "b_std": b_std,
           "activation": activation, "prepend_conv": prepend_conv, "filter_size": filter_size,

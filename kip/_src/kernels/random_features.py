@@ -96,7 +96,7 @@ class RandomFeatureKernel:
 
   Attributes:
     layer: the whole network, read-out included (``serial(..., Flatten(), Dense(1, W, b))``).
-    num_models: ``M``, networks drawn per key (batched with ``vmap``: one forward pass).
+    num_models: ``M``, networks drawn per key.
     spec: JSON-serialisable description, for provenance (``DistilledSet`` metadata).
     flatten_inputs: feed ``(n, H*W*C)`` vectors (fully connected networks) instead of images.
     fixed_seed: ``None`` (default, as RFAD): fresh networks from every call's ``key``. An int:
@@ -104,6 +104,11 @@ class RandomFeatureKernel:
       then ignored and may be omitted.
     batch_size: images per forward pass (``lax.map`` over chunks, rematerialised under
       ``grad``); ``None`` runs all images at once.
+    vmap_models: ``True``: the ``M`` networks run as one ``vmap``-batched forward pass;
+      ``False``: one after the other (unrolled; ``M`` times the compile). ``None``
+      (default): one after the other on CPU devices, where XLA runs a ``vmap`` over
+      convolution weights as a slow batched convolution (ConvNet-3, width 64, ``M = 4``, 256
+      images at 28x28: 1.19 s batched vs 0.28 s unrolled on 2 cores), batched elsewhere.
   """
   layer: L.Layer
   num_models: int = 1
@@ -111,6 +116,7 @@ class RandomFeatureKernel:
   flatten_inputs: bool = False
   fixed_seed: Optional[int] = None
   batch_size: Optional[int] = None
+  vmap_models: Optional[bool] = None
 
   def replace(self, **changes) -> "RandomFeatureKernel":
     return dataclasses.replace(self, **changes)
@@ -179,6 +185,12 @@ class RandomFeatureKernel:
                        "parameters are integrated out.")
     return out_shape, params
 
+  def uses_vmap(self) -> bool:
+    """Whether the networks run as one ``vmap``-batched pass (see ``vmap_models``)."""
+    if self.vmap_models is not None:
+      return bool(self.vmap_models)
+    return jax.devices()[0].platform != "cpu"
+
   # ------------------------------------------------------------------ features
   def _features_one(self, params, x):
     """``(n, F)`` unscaled features of one network: ``d f(x_i) / d theta_r`` per image.
@@ -206,8 +218,9 @@ class RandomFeatureKernel:
                stacked: bool = False) -> jax.Array:
     r"""Random features :math:`\Phi(x)` with :math:`\Phi(x_1) \Phi(x_2)^\top \approx K(x_1, x_2)`.
 
-    Works under ``jit`` and ``grad``; the ``M`` networks run as one ``vmap``-batched forward
-    pass. Two calls with the same ``key`` use the same networks.
+    Works under ``jit`` and ``grad``; the ``M`` networks run batched or one after the other
+    (``vmap_models``), with the same result. Two calls with the same ``key`` use the same
+    networks.
 
     Args:
       key: PRNG key the networks are drawn from (ignored with ``fixed_seed``).
@@ -224,8 +237,11 @@ class RandomFeatureKernel:
     n = x.shape[0]
     scale = 1.0 / jnp.sqrt(jnp.asarray(self.num_models, x.dtype))
 
-    def chunk(xc):
-      return jax.vmap(self._features_one, in_axes=(0, None))(params, xc)  # (M, b, F)
+    def chunk(xc):  # (M, b, F)
+      if self.uses_vmap():
+        return jax.vmap(self._features_one, in_axes=(0, None))(params, xc)
+      return jnp.stack([self._features_one(jax.tree.map(lambda p, m=m: p[m], params), xc)
+                        for m in range(self.num_models)])
 
     b = self.batch_size
     if b is None or n <= b:
@@ -247,7 +263,7 @@ class RandomFeatureKernel:
     return phi1 @ phi2.T
 
   def __call__(self, x1: jax.Array, x2: Optional[jax.Array] = None, get: Get = "nngp", *,
-               key: Optional[jax.Array] = None, **unused_kwargs):
+               key: Optional[jax.Array] = None):
     """The NNGP estimate between ``x1`` and ``x2`` from the networks drawn from ``key``.
 
     Args:
@@ -293,7 +309,8 @@ def random_features(layer: Union[L.Layer, engine.KernelFn, Callable[[int], Any]]
                     width: Optional[int] = None, num_models: int = 1, get: str = "nngp",
                     fixed_seed: Optional[int] = None, batch_size: Optional[int] = None,
                     flatten_inputs: Optional[bool] = None,
-                    spec: Optional[Mapping[str, Any]] = None) -> RandomFeatureKernel:
+                    spec: Optional[Mapping[str, Any]] = None,
+                    vmap_models: Optional[bool] = None) -> RandomFeatureKernel:
   r"""A random-feature NNGP estimate from the finite networks of ``layer`` (RFAD).
 
   .. math::
@@ -307,8 +324,8 @@ def random_features(layer: Union[L.Layer, engine.KernelFn, Callable[[int], Any]]
 
   Args:
     layer: the whole network with its ``Dense(1)`` read-out: a :class:`~kip.kernels.Layer`
-      (e.g. ``serial(Conv(256), Relu(), AvgPool(2), Flatten(), Dense(1, W, b))``), an exact
-      :class:`~kip.kernels.KernelFn` (its ``layer``, ``flatten_inputs`` and ``spec`` are
+      (e.g. ``serial(Conv(256), Relu(), AvgPool(2, stride=2), Flatten(), Dense(1, W, b))``),
+      an exact :class:`~kip.kernels.KernelFn` (its ``layer``, ``flatten_inputs`` and ``spec`` are
       used: ``random_features(kip.kernels.convnet(width=256))``), or a builder
       ``width -> Layer | KernelFn``.
     width: the width to build ``layer`` at, only when ``layer`` is a builder (a built layer
@@ -321,6 +338,9 @@ def random_features(layer: Union[L.Layer, engine.KernelFn, Callable[[int], Any]]
       ``False``.
     spec: provenance dict; default ``{'architecture': 'random_features', 'exact': <the exact
       kernel's spec>, 'num_models': M, 'fixed_seed': ...}``.
+    vmap_models: batch the ``M`` networks with ``vmap`` (``True``), run them one after the
+      other (``False``), or ``None``: one after the other on CPU (see
+      :class:`RandomFeatureKernel`).
 
   Returns:
     A :class:`RandomFeatureKernel`.
@@ -367,4 +387,5 @@ def random_features(layer: Union[L.Layer, engine.KernelFn, Callable[[int], Any]]
       spec["width"] = width
   return RandomFeatureKernel(layer=layer, num_models=num_models, spec=dict(spec),
                              flatten_inputs=bool(flatten_inputs), fixed_seed=fixed_seed,
-                             batch_size=batch_size)
+                             batch_size=batch_size,
+                             vmap_models=None if vmap_models is None else bool(vmap_models))

@@ -107,11 +107,25 @@ def _loss(kind: str, logits: jax.Array, targets: jax.Array) -> jax.Array:
   return -jnp.mean(jnp.sum(targets * jax.nn.log_softmax(logits), axis=-1))
 
 
+def _unit_schedule(recipe: Recipe, num_steps: int) -> optax.Schedule:
+  """The recipe's learning-rate schedule for a learning rate of 1 (its shape over the run)."""
+  if recipe.schedule == "cosine":
+    return optax.cosine_decay_schedule(1.0, max(int(num_steps), 1))
+  return optax.piecewise_constant_schedule(1.0, {max(int(num_steps) // 2, 1): 0.1})  # step_half
+
+
 def make_optimizer(recipe: Recipe, num_steps: int) -> optax.GradientTransformation:
-  """SGD with momentum, coupled weight decay and the recipe's schedule over ``num_steps``.
+  r"""SGD with momentum, coupled weight decay and the recipe's schedule over ``num_steps``.
 
   ``chain(add_decayed_weights(wd), sgd(schedule, momentum))``: PyTorch's
-  ``SGD(lr, momentum, weight_decay)`` update with a scheduled learning rate.
+  ``SGD(lr, momentum, weight_decay)`` update with a scheduled learning rate,
+
+  .. math:: g_t = \nabla_t + \mathrm{wd}\,\theta_t,\quad m_t = \mu m_{t-1} + g_t,\quad
+     \theta_{t+1} = \theta_t - \eta\, s(t)\, m_t,
+
+  with :math:`s` the schedule's shape (cosine to 0, or x0.1 at half the steps). The trainer
+  applies this same update with :math:`\eta` and :math:`\mathrm{wd}` as run-time values, so
+  that recipes differing only in them (a tuning grid) share one compiled step.
   """
   if recipe.schedule == "cosine":
     schedule = optax.cosine_decay_schedule(recipe.learning_rate, max(int(num_steps), 1))
@@ -133,14 +147,20 @@ class _State(NamedTuple):
 
 
 class _Trainer:
-  """Jitted, restart-vmapped init and training loop for one (model, recipe, set size)."""
+  """Jitted, restart-vmapped init and training loop for one (model, recipe, set size).
+
+  The recipe's learning rate and weight decay are arguments of the compiled step, not
+  constants in it (the update of :func:`make_optimizer`, written out), so one trainer serves
+  every recipe that differs only in those two.
+  """
 
   def __init__(self, model: nn.Module, recipe: Recipe, n: int,
                augment_fn: AugmentFn | None, per_restart_data: bool):
     self.num_steps = recipe.num_steps(n)
     batch = recipe.batch_size_for(n)
     steps_per_epoch = math.ceil(n / batch)
-    tx = make_optimizer(recipe, self.num_steps)
+    unit = _unit_schedule(recipe, self.num_steps)
+    tx = optax.trace(recipe.momentum) if recipe.momentum else optax.identity()
 
     def init(key, images):
       k_init, k_data = jax.random.split(key)
@@ -158,7 +178,7 @@ class _Trainer:
         logits = model.apply({"params": params}, x, train=True)
       return _loss(recipe.loss, logits, y), batch_stats
 
-    def step(state, images, targets):
+    def step(state, images, targets, learning_rate, weight_decay):
       if batch < n:
         epoch = state.step // steps_per_epoch
         perm = jax.random.permutation(jax.random.fold_in(jax.random.fold_in(state.key, 0), epoch),
@@ -172,7 +192,10 @@ class _Trainer:
         x = augment_fn(jax.random.fold_in(jax.random.fold_in(state.key, 1), state.step), x)
       (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
           state.params, state.batch_stats, x, y)
+      grads = jax.tree.map(lambda g, p: g + weight_decay * p, grads, state.params)
       updates, opt_state = tx.update(grads, state.opt_state, state.params)
+      step_size = -learning_rate * unit(state.step)
+      updates = jax.tree.map(lambda u: jnp.asarray(step_size, u.dtype) * u, updates)
       params = optax.apply_updates(state.params, updates)
       return _State(state.step + 1, params, batch_stats, opt_state, state.key, loss)
 
@@ -182,11 +205,15 @@ class _Trainer:
     # One jitted step driven from Python: XLA:CPU runs convolutions inside lax.fori_loop /
     # lax.scan bodies ~20x slower than at top level, and on accelerators async dispatch hides
     # the per-step launch cost.
-    self.step = jax.jit(jax.vmap(step, in_axes=(0, ax, ax)), donate_argnums=donate)
+    self.step = jax.jit(jax.vmap(step, in_axes=(0, ax, ax, None, None)),
+                        donate_argnums=donate)
 
-  def fit(self, keys: jax.Array, images: jax.Array, targets: jax.Array,
+  def fit(self, keys: jax.Array, images: jax.Array, targets: jax.Array, recipe: Recipe,
           bar: Any | None = None) -> Variables:
     """Trains ``len(keys)`` networks; returns their stacked variables (leading restart axis).
+
+    ``recipe`` gives the learning rate and weight decay (its other fields are this
+    trainer's).
 
     The steps run in the library's one loop (:func:`kip._src.driver.iterate`); each network
     draws its batches from its own data key, so the loop key is unused. Metrics are fetched
@@ -194,9 +221,10 @@ class _Trainer:
     """
     state = self.init(keys, images)
     reported = [0]
+    hyper = (jnp.float32(recipe.learning_rate), jnp.float32(recipe.weight_decay))
 
     def step(state, data, unused_key):
-      state = self.step(state, *data)
+      state = self.step(state, *data, *hyper)
       return state, {"loss": state.loss}
 
     def advance(t, unused_metrics):
@@ -231,6 +259,7 @@ def _cached_trainer(model: nn.Module, recipe: Recipe, n: int, augment_fn: Augmen
 
 
 def _trainer(model, recipe, n, augment_fn, per_restart_data) -> _Trainer:
+  recipe = recipe.replace(learning_rate=1.0, weight_decay=0.0)  # run-time values of fit()
   try:
     hash((model, recipe, augment_fn))
   except TypeError:  # e.g. a module holding a list attribute: no caching
@@ -331,7 +360,8 @@ def train(model: nn.Module, images: Any, labels: Any, recipe: Recipe | str, key:
   labels = _as_labels(labels, images.shape[0], getattr(model, "num_classes", None))
   targets = training_targets(labels, recipe.loss, recipe.label_targets)
   trainer = _trainer(model, recipe, images.shape[0], augment_fn, False)
-  stacked = trainer.fit(jnp.asarray(key)[None], jnp.asarray(images), jnp.asarray(targets))
+  stacked = trainer.fit(jnp.asarray(key)[None], jnp.asarray(images), jnp.asarray(targets),
+                        recipe)
   return jax.tree.map(lambda a: a[0], stacked)
 
 
@@ -557,7 +587,7 @@ def _run_protocol(*, images: np.ndarray, targets: np.ndarray, per_restart_data: 
         im, tg = shared_images[lo:hi], shared_targets[lo:hi]
       else:
         im, tg = shared_images, shared_targets
-      variables = trainer.fit(keys[lo:hi], im, tg, bar)
+      variables = trainer.fit(keys[lo:hi], im, tg, recipe, bar)
       accs = group_accuracies(model, variables, x_test, y_test,
                                max(1, eval_batch_size // (hi - lo)))
       accuracies.extend(float(a) for a in accs)
