@@ -193,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
                  "rule x factor) and L2 on a validation split of the training set first")
   e.add_argument("--validation-size", type=_count(1), default=5000,
                  help="training images held out for --tune (taken from the end)")
+  e.add_argument("--random-real", action="store_true", help="with --model: also train the "
+                 "same networks on class-balanced random real images of the same size (a new "
+                 "draw per restart) under the same protocol, for comparison")
   e.add_argument("--seed", type=_count(0), default=0, help="PRNG seed")
   e.add_argument("--num-test", type=_count(1), default=None, help="test images (default all)")
   e.add_argument("--no-progress", action="store_true", help="no progress output")
@@ -410,12 +413,22 @@ def _cmd_evaluate(args, argv) -> int:
   import kip
 
   _setup_logging(None, args.verbose)
+  if args.random_real and not args.model:
+    raise ValueError("--random-real compares networks trained on the set with networks "
+                     "trained on random real images; give --model too (e.g. --model convnet).")
+  if args.random_real and args.tune:
+    raise ValueError("--random-real with --tune: random real sets are not tuned, so the "
+                     "two figures would not share a protocol; drop one of them.")
   distilled = kip.DistilledSet.load(args.path)
   prep = distilled.preprocessing
   ds = _load_dataset(distilled.dataset, args.data_dir, getattr(prep, "kind", "standardize"),
                      getattr(prep, "zca_reg", 0.1) or 0.1)
   result = {"path": args.path, "dataset": ds.name, "method": distilled.method,
             "support_size": len(distilled)}
+  ipc, rest = divmod(len(distilled), ds.num_classes)
+  if args.random_real and rest:
+    raise ValueError(f"--random-real needs a size the {ds.num_classes} classes split evenly; "
+                     f"the set has {len(distilled)} images.")
   spec = distilled.metadata.get("kernel", {})
   kernel = None
   if args.kernel is not None:
@@ -440,6 +453,14 @@ def _cmd_evaluate(args, argv) -> int:
                           recipe_overrides=overrides, progress=not args.no_progress, tune=tune,
                           augment_fn=args.augment)
     result["transfer"] = r.to_dict()
+    logger.info("transfer (%s, %s recipe): %s", args.model, recipe, r)
+    if args.random_real:
+      rr = transfer.evaluate_random(ds, ipc, model=args.model, recipe=recipe,
+                                    restarts=args.restarts, seed=args.seed,
+                                    recipe_overrides=overrides, progress=not args.no_progress,
+                                    augment_fn=args.augment)
+      result["random_real"] = rr.to_dict()
+      logger.info("random real, %d per class (same protocol): %s", ipc, rr)
   print(json.dumps(result))
   return 0
 

@@ -105,6 +105,34 @@ def test_evaluate_tuned_transfer(run):
   assert t["recipe"]["learning_rate"] == pytest.approx(t["tuning"]["chosen"]["learning_rate"])
 
 
+def test_evaluate_beside_random_real(run):
+  d, _ = run
+  argv = ["evaluate", d / "distilled.npz", "--model", "fc", "--steps", "10", "--restarts", "2",
+          "--no-progress"]
+  code, out, err = _main(argv + ["--random-real"])
+  assert code == 0, err
+  result = json.loads(out.strip().splitlines()[-1])
+  t, r = result["transfer"], result["random_real"]
+  assert len(t["accuracies"]) == len(r["accuracies"]) == 2
+  assert t["recipe"] == r["recipe"] and t["model_config"] == r["model_config"]
+  code, out, err = _main(argv)  # the set's own figures do not depend on the comparison
+  assert json.loads(out.strip().splitlines()[-1])["transfer"]["accuracies"] == t["accuracies"]
+  want = kip.transfer.evaluate_random(kip.data.load("digits"), 2, model="fc", recipe="kip",
+                                      restarts=2, recipe_overrides={"steps": 10},
+                                      progress=False)
+  assert r["accuracies"] == pytest.approx(list(want.accuracies))
+
+
+@pytest.mark.parametrize("extra,match", [
+    ([], "give --model too"),
+    (["--model", "fc", "--tune"], "random real sets are not tuned"),
+])
+def test_evaluate_random_real_needs_an_untuned_model(run, extra, match):
+  d, _ = run
+  code, out, err = _main(["evaluate", d / "distilled.npz", "--random-real", *extra])
+  assert code == 2 and out == "" and match in err
+
+
 @pytest.mark.parametrize("explicit", [True, False])
 def test_show_writes_png(run, tmp_path, explicit):
   d, _ = run

@@ -30,8 +30,8 @@ and needs no stored covariance, and it uses the closed form
 :math:`\\partial \\Theta' / \\partial c \\propto D + c D'` with :math:`D'` set to 0 at
 :math:`|c| = 1` (coinciding inputs), as the reference ABReLU does, so gradients stay finite there.
 
-The result equals ``serial(Conv, ABRelu, AvgPool(window, stride=window))`` applied to the lazy input state (the
-reference path of :mod:`kip._src.kernels.layers`) to float rounding.
+The result equals ``serial(Conv, ABRelu, AvgPool(window, stride=window))`` applied to the lazy
+input state (the reference path of :mod:`kip._src.kernels.layers`) to float rounding.
 
 References:
   Cho & Saul, "Kernel Methods for Deep Learning", NeurIPS 2009.
@@ -220,7 +220,7 @@ def conv_abrelu_pool_on_inputs(x1: jax.Array, x2: jax.Array, compute_ntk: bool, 
                                filter_shape: tuple[int, int], W_std: float,
                                b_std: Optional[float], a: float, b: float,
                                window: int) -> L.Kernel:
-  r"""``serial(Conv(filter_shape, W_std, b_std), ABRelu(a, b), AvgPool(window, window))`` on inputs.
+  r"""``serial(Conv(filter_shape, W_std, b_std), ABRelu(a, b), AvgPool(window, window))``.
 
   Equal to the reference layers applied to :func:`~kip._src.kernels.layers.lazy_input`, with
   memory per tile instead of per pair: ``window^4 Wo (n2 Ho Wo)`` covariance entries at a time.

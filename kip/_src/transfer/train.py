@@ -127,11 +127,8 @@ def make_optimizer(recipe: Recipe, num_steps: int) -> optax.GradientTransformati
   applies this same update with :math:`\eta` and :math:`\mathrm{wd}` as run-time values, so
   that recipes differing only in them (a tuning grid) share one compiled step.
   """
-  if recipe.schedule == "cosine":
-    schedule = optax.cosine_decay_schedule(recipe.learning_rate, max(int(num_steps), 1))
-  else:  # 'step_half'
-    schedule = optax.piecewise_constant_schedule(recipe.learning_rate,
-                                                 {max(int(num_steps) // 2, 1): 0.1})
+  unit = _unit_schedule(recipe, num_steps)
+  schedule = lambda count: recipe.learning_rate * unit(count)  # noqa: E731
   return optax.chain(optax.add_decayed_weights(recipe.weight_decay),
                      optax.sgd(schedule, momentum=recipe.momentum or None))
 
