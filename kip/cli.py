@@ -385,11 +385,11 @@ def _cmd_distill(args, argv) -> int:
   _write_json(os.path.join(args.out, "summary.json"), summary)
   if method in ("kip", "ls") or meta.get("kernel"):
     kernel = components.get("kernel_fn") if method in ("kip", "ls") else None
+    get = None
     if kernel is not None and getattr(kernel, "features", None) is not None:
-      fixed = kernel.replace(fixed_seed=args.seed)  # one fixed draw of the networks
-      kernel = lambda a, b, get="nngp": fixed(a, b, "nngp")  # noqa: E731
+      kernel, get = kernel.replace(fixed_seed=args.seed), "nngp"  # one fixed draw of networks
     try:
-      acc = kip.evaluate.kernel_accuracy(distilled, ds, kernel)
+      acc = kip.evaluate.kernel_accuracy(distilled, ds, kernel, get=get)
     except ValueError as e:  # e.g. a set without a kernel of its own
       logger.info("no KRR evaluation: %s", e)
     else:

@@ -105,6 +105,19 @@ def test_evaluate_tuned_transfer(run):
   assert t["recipe"]["learning_rate"] == pytest.approx(t["tuning"]["chosen"]["learning_rate"])
 
 
+def test_distill_random_feature_kernel_evaluates_one_fixed_draw(tmp_path):
+  d = tmp_path / "rf"
+  code, out, err = _main(DISTILL + ["--kernel", "fc_rf", "--rf-width", "32", "--rf-models", "2",
+                                    "--get", "nngp", "--eval-every", "0", "--out", d])
+  assert code == 0, err
+  summary = json.loads((d / "summary.json").read_text())
+  s = kip.DistilledSet.load(d / "distilled.npz")
+  fixed = kip.kernels.fc_rf(width=32, num_models=2, fixed_seed=0)
+  want = kip.evaluate.kernel_accuracy(s, kip.data.load("digits"), fixed, get="nngp")
+  assert summary["krr_test_accuracy"] == pytest.approx(want)
+  assert 0.3 < want <= 1.0
+
+
 def test_evaluate_beside_random_real(run):
   d, _ = run
   argv = ["evaluate", d / "distilled.npz", "--model", "fc", "--steps", "10", "--restarts", "2",

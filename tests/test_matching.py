@@ -8,6 +8,7 @@ once per config.
 import dataclasses
 import json
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -36,6 +37,12 @@ DM_CFG = dm.DMConfig(images_per_class=IPC, steps=3, model_kwargs=SMALL, batch_re
 METHODS = {"dc": (dc.make_dc, DC_CFG, dc.distill_dc),
            "dsa": (dsa.make_dsa, DSA_CFG, dsa.distill_dsa),
            "dm": (dm.make_dm, DM_CFG, dm.distill_dm)}
+BN = {**SMALL, "norm": "batch"}
+# Batch norm (frozen real statistics for DC's matching, train mode in its inner loop; joint
+# train-mode batches for DM): two outer loops so that DC's inner loop trains a BN network.
+BN_METHODS = {"dc_bn": (dc.make_dc, dataclasses.replace(DC_CFG, model_kwargs=BN, outer_loop=2),
+                        dc.distill_dc),
+              "dm_bn": (dm.make_dm, dataclasses.replace(DM_CFG, model_kwargs=BN), dm.distill_dm)}
 
 
 @pytest.fixture(scope="module")
@@ -198,6 +205,61 @@ def test_embed_is_readout_input():
   np.testing.assert_allclose(manual, logits, rtol=1e-5, atol=1e-5)
 
 
+def _bn_net(x):
+  model = get_model("convnet", 10, **BN)
+  params, stats = matching.init_network(model, jax.random.PRNGKey(1), x.shape[1:])
+  return model, params, stats
+
+
+def test_batch_norm_train_mode_masks_padding_and_eval_mode_uses_running_statistics():
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(6, 8, 8, 1)), jnp.float32)
+  model, params, stats = _bn_net(x)
+  assert set(stats) and matching.init_network(get_model("convnet", 10, **SMALL),
+                                              jax.random.PRNGKey(1), (8, 8, 1))[1] == {}
+  padded = jnp.concatenate([x[:4], 100.0 + x[4:]])  # two junk rows, masked out
+  mask = jnp.array([1.0, 1, 1, 1, 0, 0])
+  out, new = matching.apply_network(model, params, stats, padded, train=True, mask=mask)
+  want, want_stats = matching.apply_network(model, params, stats, x[:4], train=True)
+  np.testing.assert_allclose(out[:4], want, rtol=1e-4, atol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), new,
+               want_stats)
+  # Eval mode: each row on its own (the batch does not matter), statistics unchanged.
+  ev, same = matching.apply_network(model, params, new, x, train=False)
+  ev1, _ = matching.apply_network(model, params, new, x[:1], train=False)
+  np.testing.assert_allclose(ev[:1], ev1, rtol=1e-5, atol=1e-6)
+  assert same is new
+  # DM's embedding honours the same mask.
+  e = dm.embed(model, params, padded, stats, mask)
+  np.testing.assert_allclose(e[:4], dm.embed(model, params, x[:4], stats), rtol=1e-4,
+                             atol=1e-5)
+
+
+def test_freeze_batch_stats_is_the_references_momentum_step(digits, table):
+  # Reference: net.train(); net(16 real images per class) -> running mean 0.9 * 0 + 0.1 * the
+  # batch mean of the first norm layer's input (PyTorch momentum 0.1), then eval mode.
+  model, params, stats = _bn_net(jnp.zeros((1, 8, 8, 1)))
+  key = jax.random.PRNGKey(5)
+  frozen = matching.freeze_batch_stats(model, params, stats, key, table)
+  x, m = matching.sample_class_batches(key, table, matching.BN_IMAGES_PER_CLASS)
+  assert x.shape[1] == 16 and float(m.min()) == 1.0
+  seen = []
+
+  def capture(next_fun, args, kwargs, context):
+    if isinstance(context.module, nn.BatchNorm):
+      seen.append(args[0])
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(capture):
+    model.apply({"params": params, "batch_stats": stats}, x.reshape(160, 8, 8, 1), train=True,
+                mutable=["batch_stats"])
+  first = sorted(frozen)[0]
+  h = seen[0]
+  np.testing.assert_allclose(frozen[first]["mean"], 0.1 * h.mean((0, 1, 2)), rtol=1e-4,
+                             atol=1e-6)
+  np.testing.assert_allclose(frozen[first]["var"], 0.9 + 0.1 * h.var((0, 1, 2)), rtol=1e-4)
+  assert matching.freeze_batch_stats(model, params, {}, key, table) == {}
+
+
 def test_mean_embedding_loss_respects_mask():
   er = jnp.array([[1.0, 0.0], [3.0, 2.0], [100.0, 100.0]])
   es = jnp.array([[2.0, 1.0], [2.0, 1.0]])
@@ -209,11 +271,11 @@ def test_mean_embedding_loss_respects_mask():
 
 # --------------------------------------------------------------------------- steps and runs
 
-@pytest.mark.parametrize("method", ["dc", "dsa", "dm"])
+@pytest.mark.parametrize("method", ["dc", "dsa", "dm", "dc_bn", "dm_bn"])
 def test_jitted_steps_reduce_matching_loss(method, digits, table):
   # With the step key held fixed the network, real batches and augmentations are fixed, so the
   # steps are plain descent on one matching objective and its value must go down.
-  make, cfg, _ = METHODS[method]
+  make, cfg, _ = {**METHODS, **BN_METHODS}[method]
   algo = make(cfg)
   state = algo.init(jax.random.PRNGKey(0), digits)
   x0 = state.images
@@ -281,6 +343,4 @@ def test_distill_rejects_mismatched_methods(digits):
                     progress=False)
   with pytest.raises(ValueError, match="images_per_class"):
     dm.distill_dm(digits, 0, DM_CFG, key=0, progress=False)
-  with pytest.raises(ValueError, match="stateless"):
-    dm.make_dm(dataclasses.replace(DM_CFG, model_kwargs={**SMALL, "norm": "batch"})).init(
-        jax.random.PRNGKey(0), digits)
+

@@ -41,14 +41,17 @@ class FeatureFn(Protocol):
 Features = Union[str, FeatureFn]
 
 
-def readout_input(model: nn.Module, variables, x: jax.Array, *, train: bool) -> jax.Array:
+def readout_input(model: nn.Module, variables, x: jax.Array, *, train: bool,
+                  mutable: Any = False) -> jax.Array:
   """The flattened input of ``model``'s last ``nn.Dense`` call: its embedding :math:`\\phi(x)`.
 
   Args:
     model: a Flax module ending in a linear read-out.
-    variables: its variables (``{'params': ...}``).
+    variables: its variables (``{'params': ...}``, plus ``'batch_stats'`` for batch norm).
     x: ``(n, H, W, C)`` images.
     train: passed to ``model.apply`` (DM embeds in train mode, as the reference does).
+    mutable: passed to ``model.apply`` (``['batch_stats']`` for batch norm in train mode; the
+      updated statistics are discarded).
 
   Returns:
     ``(n, d)`` features.
@@ -64,7 +67,7 @@ def readout_input(model: nn.Module, variables, x: jax.Array, *, train: bool) -> 
     return next_fun(*args, **kwargs)
 
   with nn.intercept_methods(interceptor):
-    model.apply(variables, x, train=train)
+    model.apply(variables, x, train=train, mutable=mutable)
   if not captured:
     raise ValueError(f"{type(model).__name__} has no nn.Dense read-out whose input could be "
                      "used as the embedding; use a network ending in a linear layer (or pass "

@@ -4,8 +4,20 @@
   replacement, from a :class:`~kip._src.sampling.ClassTable` (the reference ``get_images(c, n)``);
   :func:`init_images` draws the initial synthetic images (real images or noise), class-major.
 * **Networks**: :func:`make_model` builds the ``kip.transfer`` network a config names,
-  :func:`init_network` draws fresh parameters (stateless networks only),
+  :func:`init_network` draws fresh parameters (and, for ``norm='batch'``, fresh running
+  statistics), :func:`apply_network` runs it in train mode (batch statistics, updating the
+  running ones; padded rows masked out of the statistics) or in eval mode (running
+  statistics), :func:`freeze_batch_stats` is the reference's statistics step before matching,
   :func:`train_network` runs the inner-loop SGD epochs of DC / DSA on the synthetic set.
+* **Batch norm** as the reference (VICO-UoE/DatasetCondensation ``main.py``): before every
+  outer-loop matching step, ``BNSizePC = 16`` real images of every class go through the network
+  in train mode (the running statistics move by PyTorch momentum 0.1 towards their batch
+  statistics), then the batch-norm layers are put in eval mode, so that the real and the
+  synthetic gradients are taken under the same frozen statistics; the inner loop trains the
+  network in train mode. DM (``main_DM.py``, ``ConvNetBN``) embeds all classes' real images in
+  one train-mode batch and all synthetic images in another. One difference: Flax's running
+  variance uses the biased batch variance, PyTorch's the unbiased one (a factor
+  :math:`m / (m - 1)`, :math:`m = 160 H W` values per channel in the first layer).
 * **Optimizers by name**: :func:`make_optimizer` (``'sgd'`` with PyTorch momentum semantics,
   ``'adam'``), so that configs hold names and numbers only.
 * **The DC distance**: :func:`distance_wb` and :func:`match_loss`,
@@ -24,6 +36,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable, Mapping, Optional
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -32,12 +45,13 @@ import optax
 from kip._src import losses
 from kip._src.sampling import ClassTable
 
-__all__ = ["INITS", "OPTIMIZERS", "check_network", "check_optimizer_fields", "check_positive",
-           "check_stateless", "distance_wb", "freeze_kwargs", "init_images", "init_network",
-           "make_model", "make_optimizer", "match_loss", "sample_class_batches",
-           "train_network"]
+__all__ = ["BN_IMAGES_PER_CLASS", "INITS", "OPTIMIZERS", "apply_network", "batch_norm_mask", "check_network",
+           "check_optimizer_fields", "check_positive", "check_stateless", "distance_wb",
+           "freeze_batch_stats", "freeze_kwargs", "init_images", "init_network", "make_model",
+           "make_optimizer", "match_loss", "sample_class_batches", "train_network"]
 
 INITS = ("real", "noise")
+BN_IMAGES_PER_CLASS = 16  # the reference's BNSizePC
 
 
 # --------------------------------------------------------------------------- configs
@@ -174,39 +188,104 @@ def make_model(config, num_classes: int):
 
 
 def check_stateless(variables) -> None:
-  """Refuses networks with state besides ``params`` (batch norm statistics)."""
-  extra = sorted(set(variables) - {"params"})
+  """Refuses networks with state besides ``params`` and batch-norm ``batch_stats``."""
+  extra = sorted(set(variables) - {"params", "batch_stats"})
   if extra:
-    raise ValueError(f"the network carries state {extra} (e.g. norm='batch'); DC / DSA / DM here "
-                     "need a stateless network: use norm='instance' (ConvNet-3) or 'none'.")
+    raise ValueError(f"the network carries state {extra}; DC / DSA / DM here handle parameters "
+                     "and batch-norm statistics only: use norm='batch', 'instance' or 'none'.")
 
 
 def check_network(config, num_classes: int, image_shape) -> None:
-  """Builds the config's network abstractly (no FLOPs) and checks it is stateless."""
+  """Builds the config's network abstractly (no FLOPs) and checks its collections."""
   model = make_model(config, num_classes)
   dummy = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
   check_stateless(jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), dummy, train=False)))
 
 
-def init_network(model, key: jax.Array, image_shape) -> Any:
-  """Fresh parameters of ``model`` for ``(H, W, C)`` images; stateful networks are refused."""
+def init_network(model, key: jax.Array, image_shape) -> tuple[Any, Any]:
+  """Fresh ``(params, batch_stats)`` of ``model`` for ``(H, W, C)`` images.
+
+  ``batch_stats`` is ``{}`` for a stateless network, else the running statistics of its
+  batch-norm layers at their initial values (mean 0, variance 1).
+  """
   variables = model.init(key, jnp.zeros((1,) + tuple(image_shape), jnp.float32), train=False)
   check_stateless(variables)
-  return variables["params"]
+  return variables["params"], variables.get("batch_stats", {})
 
 
-def train_network(model, params, net_state, net_opt: optax.GradientTransformation,
+def batch_norm_mask(mask: jax.Array):
+  """An interceptor giving every ``nn.BatchNorm`` call the row mask ``mask`` ``(n,)``."""
+  def interceptor(next_fun, args, kwargs, context):
+    if isinstance(context.module, nn.BatchNorm) and context.method_name == "__call__":
+      x = args[0]
+      m = mask.reshape((x.shape[0],) + (1,) * (x.ndim - 1)) > 0
+      kwargs = {**kwargs, "mask": jnp.broadcast_to(m, x.shape)}
+    return next_fun(*args, **kwargs)
+  return nn.intercept_methods(interceptor)
+
+
+def apply_network(model, params, batch_stats, x: jax.Array, *, train: bool,
+                  mask: Optional[jax.Array] = None, method: Any = None) -> tuple[jax.Array, Any]:
+  """``(output, batch_stats)`` of ``model`` on ``x``.
+
+  Stateless networks (``batch_stats == {}``) ignore ``train`` and ``mask``. With batch norm,
+  ``train=True`` normalises by the statistics of the rows of ``x`` whose ``mask`` is 1 (all
+  rows when ``mask`` is None) and returns the running statistics moved towards them
+  (:math:`\\mu \\leftarrow 0.9\\mu + 0.1\\mu_B`, likewise the variance); ``train=False``
+  normalises by the running statistics and returns them unchanged.
+
+  Args:
+    model: the Flax network.
+    params: its ``'params'``.
+    batch_stats: its ``'batch_stats'`` (``{}`` when it has none).
+    x: ``(n, H, W, C)`` inputs.
+    train: batch statistics (and their update) or the running ones.
+    mask: optional ``(n,)`` 0/1 row weights (padding = 0) for the batch statistics.
+    method: optional module method to apply instead of ``__call__``.
+  """
+  kw = {} if method is None else {"method": method}
+  if not batch_stats:
+    return model.apply({"params": params}, x, train=train, **kw), batch_stats
+  variables = {"params": params, "batch_stats": batch_stats}
+  if not train:
+    return model.apply(variables, x, train=False, **kw), batch_stats
+  if mask is None:
+    out, updated = model.apply(variables, x, train=True, mutable=["batch_stats"], **kw)
+  else:
+    with batch_norm_mask(mask):
+      out, updated = model.apply(variables, x, train=True, mutable=["batch_stats"], **kw)
+  return out, updated["batch_stats"]
+
+
+def freeze_batch_stats(model, params, batch_stats, key: jax.Array, table: ClassTable) -> Any:
+  """The reference's batch-norm step before matching: running statistics after one train-mode
+  pass of :data:`BN_IMAGES_PER_CLASS` real images of every class (one joint batch).
+
+  Returns ``batch_stats`` unchanged for a stateless network. The caller then evaluates the
+  network with ``train=False`` (the frozen statistics).
+  """
+  if not batch_stats:
+    return batch_stats
+  x, mask = sample_class_batches(key, table, BN_IMAGES_PER_CLASS)
+  _, batch_stats = apply_network(model, params, batch_stats, x.reshape((-1,) + x.shape[2:]),
+                                 train=True, mask=mask.reshape(-1))
+  return batch_stats
+
+
+def train_network(model, params, batch_stats, net_state, net_opt: optax.GradientTransformation,
                   images: jax.Array, labels: jax.Array, key: jax.Array, epochs: int,
                   batch_size: int, augment: Optional[Callable] = None):
   """``epochs`` shuffled passes of minibatch training on ``(images, labels)``.
 
   The reference inner loop of DC / DSA: cross-entropy, ``batch_size`` images per minibatch
-  (the last one masked where it runs past the set), the images detached (no gradient flows to
-  them), each minibatch augmented with ``augment(key, x)`` when given.
+  (the last one masked where it runs past the set, in the loss and in batch-norm statistics),
+  the network in train mode, the images detached (no gradient flows to them), each minibatch
+  augmented with ``augment(key, x)`` when given.
 
   Args:
     model: the Flax network.
     params: its parameters.
+    batch_stats: its batch-norm running statistics (``{}`` for a stateless network).
     net_state: ``net_opt``'s state.
     net_opt: the network optimizer.
     images: ``(n, H, W, C)`` synthetic images.
@@ -217,12 +296,13 @@ def train_network(model, params, net_state, net_opt: optax.GradientTransformatio
     augment: optional ``(key, x) -> x``.
 
   Returns:
-    ``(params, net_state)`` after training.
+    ``(params, batch_stats, net_state)`` after training.
   """
   images = jax.lax.stop_gradient(images)
   n = images.shape[0]
   bt = min(batch_size, n)
   nb = -(-n // bt)
+  masked = nb * bt != n
 
   def epoch(carry, k):
     kp, ka = jax.random.split(k)
@@ -230,20 +310,26 @@ def train_network(model, params, net_state, net_opt: optax.GradientTransformatio
     mask = (jnp.arange(nb * bt) < n).astype(jnp.float32)
 
     def minibatch(carry, xs):
-      params, net_state = carry
+      params, batch_stats, net_state = carry
       idx, m, kb = xs
       x = images[idx]
       if augment is not None:
         x = augment(kb, x)
-      g = jax.grad(lambda p: losses.softmax_cross_entropy(
-          model.apply({"params": p}, x, train=True), labels[idx], m))(params)
+
+      def loss_fn(p):
+        logits, stats = apply_network(model, p, batch_stats, x, train=True,
+                                      mask=m if masked else None)
+        return losses.softmax_cross_entropy(logits, labels[idx], m), stats
+
+      g, batch_stats = jax.grad(loss_fn, has_aux=True)(params)
       updates, net_state = net_opt.update(g, net_state, params)
-      return (optax.apply_updates(params, updates), net_state), None
+      return (optax.apply_updates(params, updates), batch_stats, net_state), None
 
     xs = (perm.reshape(nb, bt), mask.reshape(nb, bt), jax.random.split(ka, nb))
     return jax.lax.scan(minibatch, carry, xs)[0], None
 
-  return jax.lax.scan(epoch, (params, net_state), jax.random.split(key, epochs))[0]
+  return jax.lax.scan(epoch, (params, batch_stats, net_state),
+                      jax.random.split(key, epochs))[0]
 
 
 # --------------------------------------------------------------------------- the DC distance

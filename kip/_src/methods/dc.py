@@ -22,13 +22,20 @@ last) by ``inner_loop`` epochs of SGD (``net_lr = 0.01``, batch ``batch_train``)
 on the current synthetic set. ``outer_loop`` / ``inner_loop`` default to the paper's table
 (:data:`PAPER_LOOPS`).
 
+Networks with batch norm (``model_kwargs={'norm': 'batch'}``) are handled as the reference
+``main.py`` does: before each image update, 16 real images of every class pass through the
+network in train mode (moving its running statistics), and the matching gradients are taken
+with those statistics frozen (eval mode); the inner loop trains in train mode
+(:func:`kip._src.matching.freeze_batch_stats`).
+
 ::
 
     algorithm = make_dc(DCConfig(images_per_class=10, steps=1000))
     distilled = kip.methods.run(algorithm, dataset, key=0)   # or kip.baselines.distill_dc
 
 The step's randomness is an RBG key derived from its key (``rbg_key``): ``k_net, k_loop``
-draw the network and, per outer loop, the real batches, augmentations and shuffles. DSA
+draw the network and, per outer loop, the real batches, augmentations and shuffles (and,
+with batch norm, the statistics batch: ``fold_in(k, 3)`` of that loop's key). DSA
 (:mod:`kip._src.methods.dsa`) is this step with an augmentation strategy.
 """
 
@@ -192,17 +199,21 @@ def _step_fn(config, image_optimizer, net_optimizer):
     model = matching.make_model(config, k)
     labels = jnp.repeat(jnp.arange(k, dtype=jnp.int32), ipc)
     k_net, k_loop = jax.random.split(rbg_key(key))
-    params = matching.init_network(model, k_net, (h, w, c))
+    params, batch_stats = matching.init_network(model, k_net, (h, w, c))
     net_state = net_opt.init(params)
 
-    def grad_of(params, x, cls, mask=None):
-      return jax.grad(lambda p: losses.softmax_cross_entropy(
-          model.apply({"params": p}, x, train=True), cls, mask))(params)
-
     def outer_body(carry, xs):
-      images, img_state, params, net_state = carry
+      images, img_state, params, batch_stats, net_state = carry
       ol, kk = xs
       k_real, k_aug, k_train = jax.random.split(kk, 3)
+      # Batch norm: statistics of 16 real images per class, then frozen for the matching.
+      frozen = matching.freeze_batch_stats(model, params, batch_stats, jax.random.fold_in(kk, 3),
+                                           table)
+
+      def grad_of(params, x, cls, mask=None):
+        return jax.grad(lambda p: losses.softmax_cross_entropy(
+            matching.apply_network(model, p, frozen, x, train=not frozen)[0], cls, mask))(params)
+
       x_real, m_real = matching.sample_class_batches(k_real, table, config.batch_real)
       classes = jnp.arange(k)
       # Siamese: one shared parameter draw per class for its real and its synthetic batch.
@@ -228,15 +239,16 @@ def _step_fn(config, image_optimizer, net_optimizer):
       updates, img_state = img_opt.update(g, img_state, images)
       images = optax.apply_updates(images, updates)
       if outer > 1:  # the network is trained between image updates, not after the last one
-        params, net_state = jax.lax.cond(
+        params, batch_stats, net_state = jax.lax.cond(
             ol < outer - 1,
-            lambda: matching.train_network(model, params, net_state, net_opt, images, labels,
-                                           k_train, inner, config.batch_train, train_aug),
-            lambda: (params, net_state))
-      return (images, img_state, params, net_state), loss
+            lambda: matching.train_network(model, params, frozen, net_state, net_opt, images,
+                                           labels, k_train, inner, config.batch_train,
+                                           train_aug),
+            lambda: (params, frozen, net_state))
+      return (images, img_state, params, batch_stats, net_state), loss
 
-    carry = (state.images, state.opt_state, params, net_state)
-    (images, img_state, _, _), losses_ = jax.lax.scan(
+    carry = (state.images, state.opt_state, params, batch_stats, net_state)
+    (images, img_state, _, _, _), losses_ = jax.lax.scan(
         outer_body, carry, (jnp.arange(outer), jax.random.split(k_loop, outer)))
     return DCState(images, img_state, state.count + 1), {"loss": jnp.sum(losses_) / (k * outer)}
 

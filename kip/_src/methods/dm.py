@@ -18,6 +18,11 @@ network; there is no network training. Images are updated by SGD (``image_lr = 1
 momentum 0.5) on the loss summed over classes; the reported ``loss`` is that sum divided by
 ``K`` as in the reference.
 
+With batch norm (``model_kwargs={'norm': 'batch'}``, the reference's ``ConvNetBN``), the real
+images of all classes are embedded as one train-mode batch and the synthetic images as another
+(each normalised by its own batch statistics; padding rows of small classes are masked out of
+them), as ``main_DM.py`` does; the per-class means are then matched as above.
+
 The step's randomness is an RBG key derived from its key: ``k_net, k_real, k_aug``.
 """
 
@@ -94,18 +99,28 @@ class DMConfig:
 DMState = DCState  # synthetic images, image-optimizer state, count (as DC)
 
 
-def embed(model: nn.Module, params, x: jax.Array) -> jax.Array:
+def embed(model: nn.Module, params, x: jax.Array, batch_stats: Any = None,
+          mask: Optional[jax.Array] = None) -> jax.Array:
   """:math:`\\psi_\\theta(x)`: the flattened read-out input, in train mode as the reference.
 
   Args:
     model: a Flax module ending in ``nn.Dense``.
     params: its ``'params'`` collection.
     x: ``(n, H, W, C)`` images.
+    batch_stats: its ``'batch_stats'`` for batch norm (``None`` / ``{}``: stateless). In train
+      mode batch norm uses the statistics of ``x`` itself (the reference's ``ConvNetBN``).
+    mask: optional ``(n,)`` 0/1 rows (padding = 0) left out of those statistics.
 
   Returns:
     ``(n, d)`` features.
   """
-  return readout_input(model, {"params": params}, x, train=True)
+  if not batch_stats:
+    return readout_input(model, {"params": params}, x, train=True)
+  variables = {"params": params, "batch_stats": batch_stats}
+  if mask is None:
+    return readout_input(model, variables, x, train=True, mutable=["batch_stats"])
+  with matching.batch_norm_mask(mask):
+    return readout_input(model, variables, x, train=True, mutable=["batch_stats"])
 
 
 def masked_mean(emb: jax.Array, mask: jax.Array) -> jax.Array:
@@ -144,12 +159,32 @@ def _step_fn(config: DMConfig, image_optimizer):
                        f"{table.x.shape}: expected ({k} * {ipc}, H, W, C).")
     model = matching.make_model(config, k)
     k_net, k_real, k_aug = jax.random.split(rbg_key(key), 3)
-    params = matching.init_network(model, k_net, (h, w, c))
+    params, batch_stats = matching.init_network(model, k_net, (h, w, c))
     x_real, m_real = matching.sample_class_batches(k_real, table, config.batch_real)
 
     # Siamese: one shared parameter draw per class for its real and its synthetic batch.
     aug_params = (jax.vmap(lambda kc: aug_lib.sample_params(kc, strategy, (), config.augment))(
         jax.random.split(k_aug, k)) if strategy else None)
+
+    if batch_stats:  # batch norm: one joint batch of every class's real, then synthetic images
+      def augmented(x, p):
+        return aug_lib.apply(x, p) if strategy else x
+
+      b = x_real.shape[1]
+      xr = jax.vmap(augmented)(x_real, aug_params) if strategy else x_real
+      emb = embed(model, params, xr.reshape((k * b, h, w, c)), batch_stats, m_real.reshape(-1))
+      mean_real = jax.vmap(masked_mean)(emb.reshape(k, b, -1), m_real)
+
+      def loss_bn(images):
+        xs = images.reshape(k, ipc, h, w, c)
+        xs = jax.vmap(augmented)(xs, aug_params) if strategy else xs
+        e = embed(model, params, xs.reshape((k * ipc, h, w, c)), batch_stats)
+        return jnp.sum((mean_real - jnp.mean(e.reshape(k, ipc, -1), 1)) ** 2)
+
+      loss, g = jax.value_and_grad(loss_bn)(state.images)
+      updates, opt_state = opt.update(g, state.opt_state, state.images)
+      images = optax.apply_updates(state.images, updates)
+      return DMState(images, opt_state, state.count + 1), {"loss": loss / k}
 
     def real_mean(args):
       xr, mr, p = args
