@@ -19,7 +19,6 @@ logger = logging.getLogger("kip.evaluate")
 
 # Side of the small block timed to extrapolate the cost of the whole evaluation.
 _PROBE = 8
-_RF_PROBE = 128  # random-feature kernels: images per side of the timed block
 
 
 def _pairs_per_second(f, x_a, x_b, probe: int = _PROBE) -> float:
@@ -32,29 +31,34 @@ def _pairs_per_second(f, x_a, x_b, probe: int = _PROBE) -> float:
 
 
 def _log_expected_time(kernel_fn, x_s, x_t, get, batch_size: int) -> None:
-  r"""Logs the expected time of :func:`krr.predict`, from one small block timed (a lower bound
-  when blocks of that size run faster than the full ones; the first chunk also pays
-  compilation).
+  r"""Logs the expected time of :func:`krr.predict`, from one block timed (the first chunk of
+  the real run also pays compilation).
 
   An exact kernel costs per pair: :math:`(n^2 + m n) / \text{rate}` for ``n`` support and
-  ``m`` test images. A random-feature kernel costs per image (its features; the Gram products
-  are negligible): :math:`(2n + m + n \lceil m / \text{batch} \rceil) / \text{rate}`, the
-  support's features being recomputed for every test chunk.
+  ``m`` test images, the rate timed on a small block. A random-feature kernel costs per image
+  (its features; the Gram products are negligible), and small blocks would mostly time per-call
+  overhead, so one real test chunk (``batch_size`` images against the whole support, which is
+  featurised again for every chunk) is timed: :math:`\lceil m / \text{batch} \rceil t_
+  \text{chunk} + 2n / \text{rate}` with :math:`\text{rate} = (\text{batch} + n) /
+  t_\text{chunk}` images/s.
   """
   n, m = x_s.shape[0], x_t.shape[0]
   f = jax.jit(lambda a, b: kernel_fn(a, b, get))
-  features = getattr(kernel_fn, "features", None) is not None
-  side = _RF_PROBE if features else _PROBE  # per-call overhead would dominate 8 x 8 features
-  rate = _pairs_per_second(f, x_t, x_s, side)
-  probe = f"timed on an {min(side, m)} x {min(side, n)} block"
-  if features:
-    images = min(side, m) + min(side, n)
-    rate = rate * images / (min(side, m) * min(side, n))  # images/s
-    total = 2 * n + m + n * -(-m // max(int(batch_size), 1))
-    logger.info("kernel evaluation: features of %d support + %d test images (support again "
-                "per chunk) at %.0f images/s (%s): expected %.0f s", n, m, rate, probe,
-                total / rate)
+  if getattr(kernel_fn, "features", None) is not None:
+    chunk = min(max(int(batch_size), 1), m)
+    a = x_t[:chunk]
+    jax.block_until_ready(f(a, x_s))  # compile
+    start = time.perf_counter()
+    jax.block_until_ready(f(a, x_s))
+    seconds = max(time.perf_counter() - start, 1e-9)
+    rate = (chunk + n) / seconds  # images/s
+    chunks = -(-m // chunk)
+    logger.info("kernel evaluation: features of %d support + %d test images in %d chunks of "
+                "%d (support again per chunk) at %.0f images/s (timed on one chunk): expected "
+                "%.0f s", n, m, chunks, chunk, rate, chunks * seconds + 2 * n / rate)
     return
+  rate = _pairs_per_second(f, x_t, x_s, _PROBE)
+  probe = f"timed on an {min(_PROBE, m)} x {min(_PROBE, n)} block"
   logger.info("kernel evaluation: %d x %d support + %d x %d test pairs at %.0f pairs/s "
               "(%s): expected %.0f s", n, n, m, n, rate, probe, (n * n + m * n) / rate)
 
