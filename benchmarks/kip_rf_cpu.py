@@ -196,6 +196,8 @@ def _write(a, split, rows, results) -> str:
             "random real ConvNet-3", "stored sets, ConvNet-3",
             "published KIP transfer", "published RFAD", "published DSA", "target"]
   table = common.markdown_table(header, rows)
+  where = ("" if a.stored_ipc is None
+           else f" (at IPC {', '.join(map(str, a.stored_ipc))} only)")
   caption = (
       f"KIP with `kernel=convnet_rf` (ConvNet-3 random features: width {a.width}, {a.models} "
       f"network(s) drawn fresh every step), {a.loss} loss on centred labels "
@@ -204,7 +206,7 @@ def _write(a, split, rows, results) -> str:
       f"networks of the same width. Finite ConvNet-3: DC protocol (see Protocols) on the "
       f"{split} images; random real: a new class-balanced subset per restart; stored sets: the "
       f"library's DM / DSA (suite_cpu) and KIP-FC (kip_cpu) sets under the same protocol, in the "
-      f"same run{'' if a.stored_ipc is None else ' (at IPC ' + ', '.join(map(str, a.stored_ipc)) + ' only)'}. Published numbers: ANCHORS.md, after transfer to finite networks.")
+      f"same run{where}. Published numbers: ANCHORS.md, after transfer to finite networks.")
   common.write_json(os.path.join(a.out, "kip_rf_cpu.json"),
                     {"title": "KIP with random-feature ConvNet kernels (Fashion-MNIST, CPU)",
                      "caption": caption, "args": vars(a), "machine": common.machine(),

@@ -4,10 +4,11 @@
 # MSE loss on centred fixed labels, Adam lr 0.03), 1 image per class, time-boxed to 5 minutes;
 # then KRR test accuracy on the 10,000 test images (random-feature kernel, one fixed draw) and
 # finite ConvNet-3 transfer (DC protocol, 5 restarts) beside random real images of the same
-# size under the same protocol. This is the setting that gave the best ConvNet transfer of the
-# CPU settings tried (benchmarks/kip_rf_cpu.py; FC-kernel sets do not transfer to ConvNets).
+# size under the same protocol. Of the KIP settings tried on this CPU it gave the best ConvNet
+# transfer (benchmarks/kip_rf_cpu.py; FC-kernel sets do not transfer to ConvNets; our DM set
+# still transfers better at 1 image per class, see benchmarks/RESULTS.md).
 # One image per class because a DC-protocol ConvNet-3 restart on 100 images takes over 4
-# minutes on 2 cores (about 20 s on 10), which would not leave a comparison within 10 minutes.
+# minutes on 2 cores (about 40 s on 10), which would not leave a comparison within 10 minutes.
 # Output in runs/fashion_mnist_kip_rf_ipc1/ (distilled.npz, distilled.png, summary.json,
 # transfer.json, kip.log); when that folder already holds a run, a new one (…-2, …-3) is used
 # unless you pass --resume or --overwrite. Extra arguments are passed to `kip distill`

@@ -45,9 +45,9 @@ import optax
 from kip._src import losses
 from kip._src.sampling import ClassTable
 
-__all__ = ["BN_IMAGES_PER_CLASS", "INITS", "OPTIMIZERS", "apply_network", "batch_norm_mask", "check_network",
-           "check_optimizer_fields", "check_positive", "check_stateless", "distance_wb",
-           "freeze_batch_stats", "freeze_kwargs", "init_images", "init_network", "make_model",
+__all__ = ["BN_IMAGES_PER_CLASS", "INITS", "OPTIMIZERS", "apply_network", "batch_norm_mask",
+           "check_network", "check_optimizer_fields", "check_positive", "check_stateless",
+           "distance_wb", "freeze_batch_stats", "freeze_kwargs", "init_images", "init_network", "make_model",
            "make_optimizer", "match_loss", "sample_class_batches", "train_network"]
 
 INITS = ("real", "noise")
@@ -225,7 +225,7 @@ def batch_norm_mask(mask: jax.Array):
 
 
 def apply_network(model, params, batch_stats, x: jax.Array, *, train: bool,
-                  mask: Optional[jax.Array] = None, method: Any = None) -> tuple[jax.Array, Any]:
+                  mask: Optional[jax.Array] = None) -> tuple[jax.Array, Any]:
   """``(output, batch_stats)`` of ``model`` on ``x``.
 
   Stateless networks (``batch_stats == {}``) ignore ``train`` and ``mask``. With batch norm,
@@ -241,19 +241,17 @@ def apply_network(model, params, batch_stats, x: jax.Array, *, train: bool,
     x: ``(n, H, W, C)`` inputs.
     train: batch statistics (and their update) or the running ones.
     mask: optional ``(n,)`` 0/1 row weights (padding = 0) for the batch statistics.
-    method: optional module method to apply instead of ``__call__``.
   """
-  kw = {} if method is None else {"method": method}
   if not batch_stats:
-    return model.apply({"params": params}, x, train=train, **kw), batch_stats
+    return model.apply({"params": params}, x, train=train), batch_stats
   variables = {"params": params, "batch_stats": batch_stats}
   if not train:
-    return model.apply(variables, x, train=False, **kw), batch_stats
+    return model.apply(variables, x, train=False), batch_stats
   if mask is None:
-    out, updated = model.apply(variables, x, train=True, mutable=["batch_stats"], **kw)
+    out, updated = model.apply(variables, x, train=True, mutable=["batch_stats"])
   else:
     with batch_norm_mask(mask):
-      out, updated = model.apply(variables, x, train=True, mutable=["batch_stats"], **kw)
+      out, updated = model.apply(variables, x, train=True, mutable=["batch_stats"])
   return out, updated["batch_stats"]
 
 

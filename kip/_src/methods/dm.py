@@ -166,40 +166,34 @@ def _step_fn(config: DMConfig, image_optimizer):
     aug_params = (jax.vmap(lambda kc: aug_lib.sample_params(kc, strategy, (), config.augment))(
         jax.random.split(k_aug, k)) if strategy else None)
 
-    if batch_stats:  # batch norm: one joint batch of every class's real, then synthetic images
-      def augmented(x, p):
-        return aug_lib.apply(x, p) if strategy else x
+    def augmented(x, p):
+      return aug_lib.apply(x, p) if strategy else x
 
+    if batch_stats:  # batch norm: one joint batch of every class's real, then synthetic images
       b = x_real.shape[1]
       xr = jax.vmap(augmented)(x_real, aug_params) if strategy else x_real
       emb = embed(model, params, xr.reshape((k * b, h, w, c)), batch_stats, m_real.reshape(-1))
       mean_real = jax.vmap(masked_mean)(emb.reshape(k, b, -1), m_real)
 
-      def loss_bn(images):
+      def loss_fn(images):
         xs = images.reshape(k, ipc, h, w, c)
         xs = jax.vmap(augmented)(xs, aug_params) if strategy else xs
         e = embed(model, params, xs.reshape((k * ipc, h, w, c)), batch_stats)
-        return jnp.sum((mean_real - jnp.mean(e.reshape(k, ipc, -1), 1)) ** 2)
+        return jnp.sum(jax.vmap(mean_embedding_loss)(mean_real, e.reshape(k, ipc, -1)))
+    else:
+      def real_mean(args):
+        xr, mr, p = args
+        return masked_mean(embed(model, params, augmented(xr, p)), mr)
 
-      loss, g = jax.value_and_grad(loss_bn)(state.images)
-      updates, opt_state = opt.update(g, state.opt_state, state.images)
-      images = optax.apply_updates(state.images, updates)
-      return DMState(images, opt_state, state.count + 1), {"loss": loss / k}
+      mean_real = jax.lax.map(real_mean, (x_real, m_real, aug_params))
 
-    def real_mean(args):
-      xr, mr, p = args
-      return masked_mean(embed(model, params, aug_lib.apply(xr, p) if strategy else xr), mr)
+      def loss_fn(images):
+        def per_class(args):
+          xs, p, mu = args
+          return mean_embedding_loss(mu, embed(model, params, augmented(xs, p)))
 
-    mean_real = jax.lax.map(real_mean, (x_real, m_real, aug_params))
-
-    def loss_fn(images):
-      def per_class(args):
-        xs, p, mu = args
-        return mean_embedding_loss(mu, embed(model, params,
-                                             aug_lib.apply(xs, p) if strategy else xs))
-
-      return jnp.sum(jax.lax.map(per_class, (images.reshape(k, ipc, h, w, c), aug_params,
-                                             mean_real)))
+        return jnp.sum(jax.lax.map(per_class, (images.reshape(k, ipc, h, w, c), aug_params,
+                                               mean_real)))
 
     loss, g = jax.value_and_grad(loss_fn)(state.images)
     updates, opt_state = opt.update(g, state.opt_state, state.images)
