@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import subprocess
 import shlex
 import time
 from typing import Any, Mapping, Optional, Sequence
@@ -51,12 +52,31 @@ def _machine_line(machine: Optional[Mapping[str, Any]], when: Optional[str]) -> 
   return ", ".join(bits) + f"; {machine.get('time_utc') or when or 'time not recorded'}"
 
 
+def _committed_time(path: str) -> Optional[float]:
+  """The time of the last commit of ``path`` when it is tracked and unchanged, else None."""
+  try:
+    d = os.path.dirname(os.path.abspath(path))
+    changed = subprocess.run(["git", "status", "--porcelain", "--", path], cwd=d,
+                             capture_output=True, text=True, timeout=10)
+    stamp = subprocess.run(["git", "log", "-1", "--format=%ct", "--", path], cwd=d,
+                           capture_output=True, text=True, timeout=10)
+  except (OSError, subprocess.SubprocessError):
+    return None
+  if changed.returncode or stamp.returncode or changed.stdout.strip() or not stamp.stdout.strip():
+    return None
+  return float(stamp.stdout.strip())
+
+
 def _written(path: str, machine: Optional[Mapping[str, Any]]) -> str:
-  """When a result file was written: the time its machine record holds (it survives a git
-  checkout, which resets file times), else the file's modification time."""
+  """When a result file was written: the time its machine record holds, else (a git checkout
+  resets file times) the time of its last commit when it is tracked and unchanged, else the
+  file's modification time."""
   if machine and machine.get("time_utc"):
     return str(machine["time_utc"])
-  return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(os.path.getmtime(path)))
+  stamp = _committed_time(path)
+  if stamp is None:
+    stamp = os.path.getmtime(path)
+  return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(stamp))
 
 
 def _pngs(directory: str, start: str, exclude: Sequence[str] = ()) -> list[str]:
