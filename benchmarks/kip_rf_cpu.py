@@ -1,8 +1,9 @@
 """KIP with the random-feature ConvNet NNGP (RFAD-style) on Fashion-MNIST, on the CPU.
 
 For each images-per-class value: KIP with ``kernel='convnet_rf'`` (fresh finite ConvNets drawn
-every step, Platt loss with a learned temperature, centred labels, learned), time-boxed by the
-driver; then
+every step, Platt loss with a learned temperature, centred labels, learned) or, with
+``--kernel learned``, FRePo's learned-feature kernel (a pool of ConvNet-3s trained online on
+the support), time-boxed by the driver; then
 
 * seconds per step and the steps reached,
 * KRR test accuracy on all 10,000 test images with the random-feature kernel (networks held
@@ -21,7 +22,9 @@ images and every figure is measured on those ``N`` held-out training images inst
 test set (the JSON says ``"split": "validation"``); stored sets are not compared there, since
 they saw those images.
 
-Writes ``kip_rf_ipc{N}.npz`` / ``.png`` and ``kip_rf_cpu.json`` under ``--out``.
+Writes ``kip_rf_ipc{N}.npz`` / ``.png`` and ``kip_rf_cpu.json`` under ``--out``
+(``kip_lf_*`` in ``benchmarks/results/kip_lf_cpu`` with ``--kernel learned``). Results of IPC
+values not run now are kept in the JSON when the other settings match (``--fresh``: replace).
 
   python -m benchmarks.kip_rf_cpu [--ipc 1 10] [--budget-minutes 60 60] [--width 128]
       [--models 1] [--targets 1280] [--restarts 10 5] [--loss platt|mse] [--fixed-labels]
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import os
 import time
@@ -124,9 +128,22 @@ def main(argv=None):
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--quick", action="store_true",
                  help="a test: 500 training images, a few seconds of KIP, 1 short restart")
-  p.add_argument("--out", default=os.path.join(common.RESULTS_DIR, "kip_rf_cpu"))
+  p.add_argument("--kernel", default="rf", choices=["rf", "learned"],
+                 help="rf: convnet_rf random features; learned: FRePo's pool of ConvNet-3s "
+                 "trained online on the support (kip.kernels.learned_features)")
+  p.add_argument("--pool-models", type=int, default=10, help="learned: networks (FRePo: 10)")
+  p.add_argument("--pool-reset-every", type=int, default=100,
+                 help="learned: online steps before a reset (FRePo: 100)")
+  p.add_argument("--pool-lr", type=float, default=3e-4, help="learned: online Adam lr")
+  p.add_argument("--fresh", action="store_true", help="replace the JSON's results instead of "
+                 "keeping those of IPC values not run now")
+  p.add_argument("--out", default=None,
+                 help="default benchmarks/results/kip_rf_cpu (rf) or kip_lf_cpu (learned)")
   p.add_argument("--no-progress", action="store_true")
   a = p.parse_args(argv)
+  a.defaults = {k: p.get_default(k) for k in vars(a)}  # what a result file without a key meant
+  name = {"rf": "kip_rf", "learned": "kip_lf"}[a.kernel]
+  a.out = a.out or os.path.join(common.RESULTS_DIR, f"{name}_cpu")
   common.setup_logging()
   budgets = _per_ipc(a.budget_minutes, a.ipc, "budget-minutes")
   restarts = (_per_ipc(a.restarts, a.ipc, "restarts") if a.restarts
@@ -146,19 +163,32 @@ def main(argv=None):
   transfer = dict(model="convnet", recipe="dc", seed=a.seed, recipe_overrides=recipe_overrides,
                   progress=not a.no_progress)
   for ipc in a.ipc:
-    kernel = kip.kernels.convnet_rf(width=a.width, num_models=a.models)
+    if a.kernel == "rf":
+      kernel = kip.kernels.convnet_rf(width=a.width, num_models=a.models)
+      final_eval = {}
+    else:
+      kernel = kip.kernels.learned_features(
+          "convnet", ds.num_classes, num_models=a.pool_models,
+          reset_every=a.pool_reset_every, learning_rate=a.pool_lr,
+          model_kwargs={"width": a.width})
+      # the pool is not saved with the set: KRR once, at the last step, on all test images
+      final_eval = dict(eval_every=10 ** 9, eval_size=len(ds.y_test))
     t = time.time()
     distilled = kip.distill(ds, images_per_class=ipc, kernel=kernel, get="nngp",
                             loss=a.loss, learn_labels=not a.fixed_labels, steps=a.steps,
                             optimizer=make_optimizer(a.lr),
                             target_batch_size=min(a.targets, ds.x_train.shape[0]), seed=a.seed,
-                            time_budget=60 * budgets[ipc], progress=not a.no_progress)
+                            time_budget=60 * budgets[ipc], progress=not a.no_progress,
+                            **final_eval)
     seconds = time.time() - t
     steps = int(distilled.metadata["steps"])
     per_step = float(distilled.metadata["seconds"]) / max(steps, 1)
-    eval_kernel = kip.kernels.convnet_rf(width=a.width, num_models=a.eval_models,
-                                         fixed_seed=a.seed, batch_size=250)
-    krr = kip.evaluate.kernel_accuracy(distilled, ds, eval_kernel, get="nngp")
+    if a.kernel == "rf":
+      eval_kernel = kip.kernels.convnet_rf(width=a.width, num_models=a.eval_models,
+                                           fixed_seed=a.seed, batch_size=250)
+      krr = kip.evaluate.kernel_accuracy(distilled, ds, eval_kernel, get="nngp")
+    else:
+      krr = float(distilled.metadata["history"]["eval"][-1][1]["test_accuracy"])
     conv = kip.transfer.evaluate(distilled, ds, restarts=restarts[ipc], **transfer)
     rand = kip.transfer.evaluate_random(ds, ipc, restarts=restarts[ipc], **transfer)
     others = {}
@@ -167,10 +197,11 @@ def main(argv=None):
         others[name] = kip.transfer.evaluate(s, ds, restarts=restarts[ipc], **transfer)
         logger.info("IPC %d, %s: ConvNet-3 %s", ipc, name, others[name])
     os.makedirs(a.out, exist_ok=True)
-    distilled.save(os.path.join(a.out, f"kip_rf_ipc{ipc}.npz"))
-    distilled.grid(os.path.join(a.out, f"kip_rf_ipc{ipc}.png"), class_names=ds.class_names)
+    distilled.save(os.path.join(a.out, f"{name}_ipc{ipc}.npz"))
+    distilled.grid(os.path.join(a.out, f"{name}_ipc{ipc}.png"), class_names=ds.class_names)
     target = TARGETS.get(ipc)
     results.append({"ipc": ipc, "split": split, "steps": steps, "seconds_per_step": per_step,
+                    "kernel": kernel.spec, "budget_seconds_used": seconds,
                     "distill_seconds": seconds, "budget_minutes": budgets[ipc],
                     "krr_rf_accuracy": krr, "convnet": conv.to_dict(),
                     "random_convnet": rand.to_dict(),
@@ -178,38 +209,83 @@ def main(argv=None):
                     "target": target,
                     "reached": bool(split == "test" and target is not None
                                     and 100 * conv.mean >= target)})
-    rows.append([ipc, steps, f"{per_step:.2f}", f"{100 * krr:.2f}", str(conv), str(rand),
-                 "; ".join(f"{k} {v}" for k, v in others.items()) or "-",
-                 PUBLISHED["kip_transfer"].get(ipc, "-"), PUBLISHED["rfad"].get(ipc, "-"),
-                 PUBLISHED["dsa"].get(ipc, "-"), "-" if target is None else f">= {target}"])
-    logger.info("IPC %d: %d steps (%.2f s/step), RF KRR %.4f, ConvNet-3 %s, random %s (%s)",
+    logger.info("IPC %d: %d steps (%.2f s/step), KRR %.4f, ConvNet-3 %s, random %s (%s)",
                 ipc, steps, per_step, krr, conv, rand, split)
-    table = _write(a, split, rows, results)  # after every IPC: a later failure keeps this one
-  logger.info("\nFashion-MNIST, KIP convnet_rf (width %d, %d model(s)/step, %d targets, %s "
-              "loss, %s labels, %s lr %g)%s\n%s", a.width, a.models, a.targets, a.loss,
+    table = _write(a, split, results)  # after every IPC: a later failure keeps this one
+  logger.info("\nFashion-MNIST, KIP %s (width %d, %d targets, %s loss, %s labels, %s lr %g)"
+              "%s\n%s", name, a.width, a.targets, a.loss,
               "fixed" if a.fixed_labels else "learned", a.optimizer, a.lr,
               " QUICK (not a result)" if a.quick else "", table)
 
 
-def _write(a, split, rows, results) -> str:
-  header = ["IPC", "steps", "s/step", f"RF KRR % ({split})", f"ConvNet-3 KIP-RF ({split})",
+def _row(r) -> list:
+  ipc = r["ipc"]
+  def fmt(d):
+    n = len(d["accuracies"])
+    return f"{100 * d['mean']:.2f} ± {100 * d['std']:.2f} % ({n} restart{'s' * (n != 1)})"
+
+  return [ipc, r["steps"], f"{r['seconds_per_step']:.2f}", f"{100 * r['krr_rf_accuracy']:.2f}",
+          fmt(r["convnet"]), fmt(r["random_convnet"]),
+          "; ".join(f"{k} {fmt(v)}" for k, v in r["stored_convnet"].items()) or "-",
+          PUBLISHED["kip_transfer"].get(ipc, "-"), PUBLISHED["rfad"].get(ipc, "-"),
+          PUBLISHED["dsa"].get(ipc, "-"), "-" if r["target"] is None else f">= {r['target']}"]
+
+
+def _merged(path: str, a, split, results) -> list:
+  """``results`` plus the stored file's results for other IPC values (same split, same args
+  apart from ``ipc``/``budget_minutes``/``restarts``/``stored_ipc``), unless ``--fresh``."""
+  if a.fresh or a.quick or not os.path.exists(path):
+    return list(results)
+  with open(path) as f:
+    old = json.load(f)
+  free = {"ipc", "budget_minutes", "restarts", "stored_ipc", "no_progress", "fresh", "out"}
+  old_args = old.get("args", {})
+  same = all(old_args.get(k, a.defaults.get(k)) == v for k, v in vars(a).items()
+             if k not in free and k != "defaults")
+  if not same or old.get("split") != split:
+    logger.warning("%s holds results of other settings; replacing them", path)
+    return list(results)
+  mine = {r["ipc"] for r in results}
+  return sorted([r for r in old.get("results", []) if r["ipc"] not in mine] + list(results),
+                key=lambda r: r["ipc"])
+
+
+def _write(a, split, results) -> str:
+  name = os.path.basename(os.path.normpath(a.out))
+  path = os.path.join(a.out, f"{name}.json")
+  results = _merged(path, a, split, results)
+  rf = a.kernel == "rf"
+  header = ["IPC", "steps", "s/step", f"{'RF' if rf else 'pool'} KRR % ({split})",
+            f"ConvNet-3 {'KIP-RF' if rf else 'KIP-LF'} ({split})",
             "random real ConvNet-3", "stored sets, ConvNet-3",
             "published KIP transfer", "published RFAD", "published DSA", "target"]
-  table = common.markdown_table(header, rows)
+  table = common.markdown_table(header, [_row(r) for r in results])
   where = ("" if a.stored_ipc is None
            else f" (at IPC {', '.join(map(str, a.stored_ipc))} only)")
+  if rf:
+    kernel = (f"`kernel=convnet_rf` (ConvNet-3 random features: width {a.width}, {a.models} "
+              f"network(s) drawn fresh every step)")
+    krr = f"RF KRR: {a.eval_models} fixed networks of the same width."
+  else:
+    kernel = (f"`kernel=learned_features` (FRePo: a pool of {a.pool_models} DC ConvNet-3s of "
+              f"width {a.width}, one drawn per step and then trained one Adam step (lr "
+              f"{a.pool_lr:g}) on the support, reset after {a.pool_reset_every} steps)")
+    krr = ("pool KRR: the mean kernel of the final pool's networks, all test images (the pool "
+           "is not saved with the set).")
   caption = (
-      f"KIP with `kernel=convnet_rf` (ConvNet-3 random features: width {a.width}, {a.models} "
-      f"network(s) drawn fresh every step), {a.loss} loss on centred labels "
+      f"KIP with {kernel}, {a.loss} loss on centred labels "
       f"({'fixed' if a.fixed_labels else 'learned'}), {a.optimizer} lr {a.lr:g}, {a.targets} "
-      f"targets per step without replacement, time-boxed per IPC by the driver. RF KRR: 8 fixed "
-      f"networks of the same width. Finite ConvNet-3: DC protocol (see Protocols) on the "
+      f"targets per step without replacement, time-boxed per IPC by the driver. {krr} "
+      f"Finite ConvNet-3: DC protocol (see Protocols) on the "
       f"{split} images; random real: a new class-balanced subset per restart; stored sets: the "
       f"library's DM / DSA (suite_cpu) and KIP-FC (kip_cpu) sets under the same protocol, in the "
       f"same run{where}. Published numbers: ANCHORS.md, after transfer to finite networks.")
-  common.write_json(os.path.join(a.out, "kip_rf_cpu.json"),
-                    {"title": "KIP with random-feature ConvNet kernels (Fashion-MNIST, CPU)",
-                     "caption": caption, "args": vars(a), "machine": common.machine(),
+  title = ("KIP with random-feature ConvNet kernels (Fashion-MNIST, CPU)" if rf else
+           "KIP with FRePo's learned-feature kernel (Fashion-MNIST, CPU)")
+  args = {k: v for k, v in vars(a).items() if k != "defaults"}
+  common.write_json(path,
+                    {"title": title,
+                     "caption": caption, "args": args, "machine": common.machine(),
                      "results": results, "table": table, "quick": a.quick, "split": split})
   return table
 

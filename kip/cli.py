@@ -135,9 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
                  help="seconds of optimisation before a clean stop with a checkpoint")
   k = d.add_argument_group("kernel methods (kip, ls)")
   k.add_argument("--kernel", default="fc", choices=["fc", "convnet", "convnet3", "convnet_rf",
-                                                    "fc_rf"],
-                 help="fc, the KIP ConvNet (4 convs), ConvNet3 (3 convs), or a random-feature "
-                      "estimate")
+                                                    "fc_rf", "learned_features"],
+                 help="fc, the KIP ConvNet (4 convs), ConvNet3 (3 convs), a random-feature "
+                      "estimate, or FRePo's learned features (a pool of ConvNet-3s trained on "
+                      "the support)")
   k.add_argument("--depth", type=_count(0), default=None, help="kernel depth (default: "
                  "preset's)")
   k.add_argument("--get", default=kd.get, choices=["ntk", "nngp"], help="kernel type")
@@ -159,6 +160,15 @@ def build_parser() -> argparse.ArgumentParser:
                  help="random-feature kernels: channels of the drawn networks")
   k.add_argument("--rf-models", type=_count(1), default=None,
                  help="random-feature kernels: networks drawn per step")
+  k.add_argument("--pool-models", type=_count(1), default=None,
+                 help="learned_features: networks in the pool (FRePo: 10)")
+  k.add_argument("--pool-reset-every", type=_count(1), default=None,
+                 help="learned_features: online steps before a network is re-initialised "
+                      "(FRePo: 100)")
+  k.add_argument("--pool-lr", type=_positive_float, default=None,
+                 help="learned_features: Adam step size of the online training (FRePo: 3e-4)")
+  k.add_argument("--pool-width", type=_count(1), default=None,
+                 help="learned_features: channels of the pool's ConvNet-3 (default 128)")
   k.add_argument("--memory-budget-gb", type=_positive_float, default=2.0,
                  help="memory per kernel block")
   d.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
@@ -217,11 +227,27 @@ def _load_dataset(name, data_dir, preprocess="standardize", zca_reg=0.1):
   return data.load(name, data_dir=data_dir, preprocess=preprocess, zca_reg=zca_reg)
 
 
-def _kernel(args):
+_POOL_FLAGS = {"pool_models": "num_models", "pool_reset_every": "reset_every",
+               "pool_lr": "learning_rate"}
+
+
+def _kernel(args, num_classes: int):
   from kip import kernels
   budget = int(args.memory_budget_gb * 1024 ** 3)
   kw: dict[str, Any] = {} if args.depth is None else {"depth": args.depth}
   name = args.kernel
+  pool = {v: getattr(args, k) for k, v in _POOL_FLAGS.items() if getattr(args, k) is not None}
+  if name == "learned_features":
+    if args.rf_width is not None or args.rf_models is not None:
+      raise ValueError("--rf-width/--rf-models apply to random-feature kernels; for "
+                       "learned_features use --pool-width/--pool-models.")
+    model_kwargs = dict(kw)
+    if args.pool_width is not None:
+      model_kwargs["width"] = args.pool_width
+    return kernels.learned_features("convnet", num_classes, model_kwargs=model_kwargs, **pool)
+  if pool or args.pool_width is not None:
+    raise ValueError(f"--pool-models/--pool-reset-every/--pool-lr/--pool-width apply to "
+                     f"--kernel learned_features, not --kernel {name}.")
   if name in ("fc_rf", "convnet_rf"):
     if args.rf_width is not None:
       kw["width"] = args.rf_width
@@ -350,11 +376,11 @@ def _cmd_distill(args, argv) -> int:
                "augment": args.augment, "loss": args.loss, "labels": args.labels,
                "target_sampling": args.target_sampling,
                "steps": args.steps or kd.steps, **options}
-    components = {"kernel_fn": _kernel(args), "eval_size": args.eval_size,
+    components = {"kernel_fn": _kernel(args, ds.num_classes), "eval_size": args.eval_size,
                   "eval_seed": args.seed}
   elif method == "ls":
     options = {"get": args.get, "reg": args.reg, "labels": args.labels, **options}
-    components = {"kernel_fn": _kernel(args)}
+    components = {"kernel_fn": _kernel(args, ds.num_classes)}
   elif args.steps is not None:
     options["steps"] = args.steps
   config = registry.make_config(method, ipc, **options)
@@ -386,15 +412,29 @@ def _cmd_distill(args, argv) -> int:
   if method in ("kip", "ls") or meta.get("kernel"):
     kernel = components.get("kernel_fn") if method in ("kip", "ls") else None
     get = None
-    if kernel is not None and getattr(kernel, "features", None) is not None:
-      kernel, get = kernel.replace(fixed_seed=args.seed), "nngp"  # one fixed draw of networks
-    try:
-      acc = kip.evaluate.kernel_accuracy(distilled, ds, kernel, get=get)
-    except ValueError as e:  # e.g. a set without a kernel of its own
-      logger.info("no KRR evaluation: %s", e)
+    evals = (meta.get("history") or {}).get("eval") or []
+    if isinstance(kernel, kip.kernels.LearnedFeatureKernel):
+      # The pool's networks are not part of the set: report the run's last evaluation (at
+      # its last step, with the pool's mean kernel) instead of rebuilding the kernel.
+      if evals:
+        summary["krr_test_accuracy"] = evals[-1][1]["test_accuracy"]
+        summary["krr_test_images"] = min(args.eval_size, len(ds.y_test))
+        summary["krr_kernel"] = "the final pool's mean kernel"
+        logger.info("KRR test accuracy %.4f on %d test images (the final pool's networks)",
+                    summary["krr_test_accuracy"], summary["krr_test_images"])
+      else:
+        logger.info("no KRR evaluation: with --eval-every 0 the learned-feature pool is not "
+                    "evaluated, and its networks are not saved with the set")
     else:
-      summary["krr_test_accuracy"] = acc
-      logger.info("KRR test accuracy %.4f on %d test images", acc, len(ds.y_test))
+      if kernel is not None and getattr(kernel, "features", None) is not None:
+        kernel, get = kernel.replace(fixed_seed=args.seed), "nngp"  # one fixed draw
+      try:
+        acc = kip.evaluate.kernel_accuracy(distilled, ds, kernel, get=get)
+      except ValueError as e:  # e.g. a set without a kernel of its own
+        logger.info("no KRR evaluation: %s", e)
+      else:
+        summary["krr_test_accuracy"] = acc
+        logger.info("KRR test accuracy %.4f on %d test images", acc, len(ds.y_test))
   else:
     from kip import kernels
     acc = kip.evaluate.kernel_accuracy(distilled, ds, kernels.fc(depth=3))

@@ -123,3 +123,28 @@ def test_kip_rf_cpu_validation_split_and_stored_sets(tmp_path, monkeypatch):
                                        str(tmp_path / "mine_ipc2.npz")])
   assert list(got) == ["mine"] and len(got["mine"]) == 10  # other preprocessing, size skipped
   assert list(kip_rf_cpu.stored_sets(ds, 2)) == ["mine"]
+
+
+def test_kip_rf_cpu_keeps_results_of_other_ipc_values_with_the_same_settings(tmp_path):
+  import argparse
+  from benchmarks import kip_rf_cpu
+  path = tmp_path / "kip_rf_cpu.json"
+  path.write_text(json.dumps({"args": {"lr": 0.03, "ipc": [1], "out": "elsewhere"},
+                              "split": "test",
+                              "results": [{"ipc": 10, "x": 0}, {"ipc": 1, "x": 1}]}))
+
+  def args(**changes):
+    a = argparse.Namespace(fresh=False, quick=False, ipc=[10], lr=0.03, kernel="rf", out="o")
+    a.defaults = {"kernel": "rf", "lr": 1e-3, "fresh": False, "quick": False}
+    for k, v in changes.items():
+      setattr(a, k, v)
+    return a
+
+  new = [{"ipc": 10, "x": 2}]
+  # a key the old file lacks ("kernel") meant its default then: the IPC 1 result is kept
+  assert kip_rf_cpu._merged(str(path), args(), "test", new) == [{"ipc": 1, "x": 1},
+                                                                 {"ipc": 10, "x": 2}]
+  for changed in (args(lr=0.1), args(kernel="learned"), args(fresh=True)):
+    assert kip_rf_cpu._merged(str(path), changed, "test", new) == new
+  assert kip_rf_cpu._merged(str(path), args(), "validation", new) == new
+  assert kip_rf_cpu._merged(str(tmp_path / "none.json"), args(), "test", new) == new

@@ -118,6 +118,28 @@ def test_distill_random_feature_kernel_evaluates_one_fixed_draw(tmp_path):
   assert 0.3 < want <= 1.0
 
 
+def test_distill_learned_feature_kernel_reports_its_last_evaluation(tmp_path):
+  d = tmp_path / "lf"
+  code, out, err = _main(DISTILL + ["--kernel", "learned_features", "--pool-width", "8",
+                                    "--pool-models", "2", "--pool-reset-every", "3",
+                                    "--pool-lr", "0.01", "--get", "nngp", "--time-budget",
+                                    "1e-9", "--eval-every", "1000", "--eval-size", "50",
+                                    "--out", d])
+  assert code == 0, err
+  summary = json.loads((d / "summary.json").read_text())
+  assert summary["kernel"]["architecture"] == "learned_features"
+  assert summary["kernel"]["num_models"] == 2 and summary["kernel"]["reset_every"] == 3
+  assert summary["kernel"]["model_kwargs"] == {"width": 8}
+  assert summary["steps"] == 1  # the budget stopped it after one step, and evaluated there
+  assert summary["krr_test_images"] == 50 and 0.0 <= summary["krr_test_accuracy"] <= 1.0
+  code, _, err = _main(DISTILL + ["--kernel", "fc", "--pool-models", "2", "--out",
+                                  tmp_path / "bad"])
+  assert code != 0 and "--kernel learned_features" in err
+  code, _, err = _main(DISTILL + ["--kernel", "learned_features", "--rf-width", "8", "--out",
+                                  tmp_path / "bad2"])
+  assert code != 0 and "--pool-width" in err
+
+
 def test_evaluate_beside_random_real(run):
   d, _ = run
   argv = ["evaluate", d / "distilled.npz", "--model", "fc", "--steps", "10", "--restarts", "2",

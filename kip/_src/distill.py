@@ -46,8 +46,10 @@ def distill(dataset, support_size: Optional[int] = None, learn_labels: bool = _K
       default 10 unless ``images_per_class`` is given.
     learn_labels: learn the labels too (KIP with label learning).
     images_per_class: alternative to ``support_size``.
-    kernel: ``'fc'``, ``'convnet'``, ``'convnet_rf'``, a spec dict, or any
-      ``kernel_fn(x1, x2, get)`` (e.g. from neural-tangents).
+    kernel: ``'fc'``, ``'convnet'``, ``'convnet_rf'``, ``'learned_features'`` (FRePo: a
+      pool of ConvNet-3s trained online on the support; or
+      ``kip.kernels.learned_features(...)``), a spec dict, or any ``kernel_fn(x1, x2, get)``
+      (e.g. from neural-tangents).
     get: ``'ntk'`` or ``'nngp'``.
     steps: optimisation steps.
     optimizer: any ``optax.GradientTransformation`` (default Adam at ``learning_rate``).

@@ -270,7 +270,8 @@ def iterate(step: Callable, state: Any, data: Any, steps: int, *, key: jax.Array
     history: the history to extend (from a checkpoint), ``{'loss': [...], 'eval': [...]}``.
     save: ``save(state, info)`` writes a checkpoint (``None``: no checkpoints).
     checkpoint_every: steps between checkpoints (0: only at the end / on interruption).
-    eval_every: steps between ``eval_fn(state)`` calls (0: only at the end, if given).
+    eval_every: steps between ``eval_fn(state)`` calls (0: only at the end, if given); one
+      runs at the last step, also when the time budget ends the loop there.
     eval_fn: ``state -> {name: float}``, logged and kept in ``history['eval']``.
     time_budget: seconds after which the loop stops cleanly (``None``: no limit).
     divergence: the :class:`Divergence` rule.
@@ -334,7 +335,10 @@ def iterate(step: Callable, state: Any, data: Any, steps: int, *, key: jax.Array
       if i == start:  # the first step of a process includes compilation
         info.first_step_seconds = time.time() - t0
       post = {"loss": f"{loss:.4g}"}
-      if eval_fn is not None and ((eval_every and (i + 1) % eval_every == 0) or last):
+      out_of_time = (time_budget is not None and time.time() - t0 > time_budget
+                     and not last)
+      if eval_fn is not None and ((eval_every and (i + 1) % eval_every == 0) or last
+                                  or out_of_time):
         ev = {k: float(v) for k, v in eval_fn(state).items()}
         history["eval"].append([i + 1, ev])
         post.update({k: f"{v:.4f}" for k, v in ev.items()})
@@ -347,7 +351,7 @@ def iterate(step: Callable, state: Any, data: Any, steps: int, *, key: jax.Array
         callback(i + 1, metrics)
       if checkpoint_every and (i + 1) % checkpoint_every == 0 and not last:
         checkpoint(state)
-      if time_budget is not None and time.time() - t0 > time_budget and not last:
+      if out_of_time:
         info.stopped_early = True
         logger.info("%s: time budget of %g s spent after step %d of %d", desc, time_budget,
                     i + 1, steps)
@@ -388,7 +392,8 @@ def run(algorithm: Algorithm, dataset, steps: Optional[int] = None, *,
     checkpoint_every: steps between checkpoints (0: only at the end and on interruption).
     resume: continue from the checkpoint in ``checkpoint_dir`` (fingerprints must match).
     overwrite: start fresh although ``checkpoint_dir`` holds a checkpoint (it is replaced).
-    eval_every: steps between evaluations, and one at the end (0: none).
+    eval_every: steps between evaluations, and one at the end, also when ``time_budget``
+      stops the run (0: none).
     eval_fn: ``(state, dataset) -> {name: float}`` (default ``algorithm.eval_fn``).
     time_budget: seconds of stepping before a clean stop with a checkpoint.
     progress: show progress.

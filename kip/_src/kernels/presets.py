@@ -7,6 +7,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from kip._src.kernels import engine
 from kip._src.kernels import layers as L
+from kip._src.kernels import learned_features as lf
 from kip._src.kernels import random_features as rf
 
 __all__ = ["fc", "convnet", "fc_rf", "convnet_rf", "get_kernel", "KERNELS"]
@@ -172,16 +173,18 @@ def fc_rf(depth: int = 1, W_std: float = math.sqrt(2.0), b_std: Optional[float] 
                             batch_size=batch_size, spec=spec)
 
 
-KERNELS = {"fc": fc, "convnet": convnet, "convnet_rf": convnet_rf, "fc_rf": fc_rf}
+KERNELS = {"fc": fc, "convnet": convnet, "convnet_rf": convnet_rf, "fc_rf": fc_rf,
+           "learned_features": lf.learned_features}
 
 
 def get_kernel(spec) -> Callable:
   """Builds a kernel from a name (``'fc'``, ``'convnet'``), a spec dict, or passes a callable.
 
-  A spec dict is what :attr:`KernelFn.spec` holds (``{'architecture': 'convnet', 'depth': 3,
+  A learned-feature kernel (FRePo, not a ``kernel_fn``: it has a pool of networks as state)
+  passes through too. A spec dict is what :attr:`KernelFn.spec` holds (``{'architecture': 'convnet', 'depth': 3,
   ...}``), so a saved distilled set can rebuild its kernel.
   """
-  if callable(spec):
+  if callable(spec) or isinstance(spec, lf.LearnedFeatureKernel):
     return spec
   if isinstance(spec, str):
     if spec not in KERNELS:

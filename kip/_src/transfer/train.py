@@ -453,6 +453,7 @@ class TransferResult:
   def to_dict(self) -> dict[str, Any]:
     d = dataclasses.asdict(self)
     d["accuracies"] = list(self.accuracies)
+    d["restarts"] = self.restarts
     d["model_config"] = {k: list(v) if isinstance(v, tuple) else v
                          for k, v in self.model_config.items()}
     return d
