@@ -280,6 +280,15 @@ def _write(a, split, results) -> str:
       f"{split} images; random real: a new class-balanced subset per restart; stored sets: the "
       f"library's DM / DSA (suite_cpu) and KIP-FC (kip_cpu) sets under the same protocol, in the "
       f"same run{where}. Published numbers: ANCHORS.md, after transfer to finite networks.")
+  kept = sorted({r["ipc"] for r in results} - set(a.ipc))
+  if kept:
+    caption += (f" IPC {', '.join(map(str, kept))}: kept from an earlier run with the same "
+                f"settings (its budget and restarts in its JSON row); the command shows the "
+                f"latest run.")
+  caption += (" s/step: the run's seconds over its steps (compilation included, and for the "
+              "pool kernel its final KRR evaluation, which runs inside the loop). "
+              + ", ".join(f"IPC {r['ipc']}: {r['budget_minutes']:g} min budget"
+                          for r in results) + ".")
   title = ("KIP with random-feature ConvNet kernels (Fashion-MNIST, CPU)" if rf else
            "KIP with FRePo's learned-feature kernel (Fashion-MNIST, CPU)")
   args = {k: v for k, v in vars(a).items() if k != "defaults"}

@@ -554,6 +554,16 @@ def test_time_budget_stops_cleanly(digits_small, tmp_path):
   np.testing.assert_array_equal(rest.images, want.images)
 
 
+def test_time_budget_stop_runs_the_final_evaluation(digits_small):
+  """"One evaluation at the end" holds when the budget, not the step count, ends the run."""
+  alg = fake_algorithm(sleep=0.02)
+  got = driver.run(alg, digits_small, 40, key=0, time_budget=0.1, eval_every=1000,
+                   eval_fn=lambda state, ds: {"count": float(state.count)}, progress=False)
+  done = got.metadata["steps"]
+  assert 1 <= done < 40
+  assert got.metadata["history"]["eval"] == [[done, {"count": float(done)}]]
+
+
 def test_cli_time_budget_then_resume(finished, tmp_path):
   out = tmp_path / "out"
   code, _, err = _main(BASE + ["--out", out, "--time-budget", "0.01", "--no-progress"])
