@@ -261,7 +261,8 @@ def _write(a, split, results) -> str:
             "published KIP transfer", "published RFAD", "published DSA", "target"]
   table = common.markdown_table(header, [_row(r) for r in results])
   where = ("" if a.stored_ipc is None
-           else f" (at IPC {', '.join(map(str, a.stored_ipc))} only)")
+           else f" (at IPC {', '.join(map(str, a.stored_ipc))} only)" if a.stored_ipc
+           else " (none compared in this run: see the random-feature section for them at IPC 1)")
   if rf:
     kernel = (f"`kernel=convnet_rf` (ConvNet-3 random features: width {a.width}, {a.models} "
               f"network(s) drawn fresh every step)")
@@ -293,7 +294,7 @@ def _write(a, split, results) -> str:
            "KIP with FRePo's learned-feature kernel (Fashion-MNIST, CPU)")
   args = {k: v for k, v in vars(a).items() if k != "defaults"}
   common.write_json(path,
-                    {"title": title,
+                    {"title": title, "module": "benchmarks.kip_rf_cpu",
                      "caption": caption, "args": args, "machine": common.machine(),
                      "results": results, "table": table, "quick": a.quick, "split": split})
   return table

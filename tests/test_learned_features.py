@@ -56,13 +56,14 @@ def test_update_trains_the_chosen_network_and_resets_after_reset_every(digits_sm
 
   before = mse(lf.select(pool, 0))
   untouched = lf.select(pool, 1)
+  update = jax.jit(lf.update)  # one compilation for the five calls
   for i in range(4):  # counts 0 -> 4: four online steps, the last one leaves count 4 > 3
-    pool = lf.update(pool, jnp.asarray(0), jax.random.PRNGKey(i), x, y)
+    pool = update(pool, jnp.asarray(0), jax.random.PRNGKey(i), x, y)
   assert pool.count.tolist() == [4, 1]
   assert mse(lf.select(pool, 0)) < before  # it trained on the support
   jax.tree_util.tree_map(np.testing.assert_array_equal, lf.select(pool, 1), untouched)
   trained = lf.select(pool, 0)
-  pool = lf.update(pool, jnp.asarray(0), jax.random.PRNGKey(9), x, y)  # count 4 > 3: reset
+  pool = update(pool, jnp.asarray(0), jax.random.PRNGKey(9), x, y)  # count 4 > 3: reset
   assert pool.count.tolist() == [0, 1]
   fresh, _ = lf._init_one(jax.random.split(jax.random.PRNGKey(9))[0], x.shape[1:])
   jax.tree_util.tree_map(np.testing.assert_array_equal, lf.select(pool, 0), fresh)

@@ -190,8 +190,8 @@ def collect_sections(results_dir: str, start: str) -> list[str]:
     if "command" in data:
       command = data["command"]
     elif isinstance(data.get("args"), Mapping):
-      module = "benchmarks." + (os.path.basename(directory) if stem == os.path.basename(directory)
-                                else stem)
+      module = data.get("module") or "benchmarks." + (
+          os.path.basename(directory) if stem == os.path.basename(directory) else stem)
       command = _args_command(module, data["args"])
     else:
       command = f"python -m benchmarks.{stem}"
