@@ -49,6 +49,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from kip._src.kernels.random_features import RandomFeatureKernel, _check_count
+
 __all__ = ["FeaturePool", "LearnedFeatureKernel", "PoolKernel", "learned_features"]
 
 
@@ -63,12 +65,6 @@ class FeaturePool(NamedTuple):
   params: Any
   opt_state: Any
   count: jax.Array
-
-
-def _check_count(name: str, value: Any) -> int:
-  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-    raise ValueError(f"{name}={value!r} must be an integer >= 1.")
-  return value
 
 
 def _pick(tree: Any, index: jax.Array) -> Any:
@@ -153,12 +149,7 @@ class LearnedFeatureKernel:
     from kip._src.features import readout_input  # features imports the transfer models
     return readout_input(self.model, {"params": params}, x, train=False)
 
-  @staticmethod
-  def gram(phi1: jax.Array, phi2: jax.Array) -> jax.Array:
-    """:math:`K = h_1 h_2^\\top`; ``(M, n, D)`` stacks sum over the models."""
-    if phi1.ndim == 3:
-      return jnp.einsum("mif,mjf->ij", phi1, phi2)
-    return phi1 @ phi2.T
+  gram = staticmethod(RandomFeatureKernel.gram)  # K = h_1 h_2^T; (M, n, D) stacks sum
 
   def update(self, pool: FeaturePool, index: jax.Array, key: jax.Array, x_s: jax.Array,
              y_s: jax.Array) -> FeaturePool:

@@ -181,8 +181,8 @@ def get_kernel(spec) -> Callable:
   """Builds a kernel from a name (``'fc'``, ``'convnet'``), a spec dict, or passes a callable.
 
   A learned-feature kernel (FRePo, not a ``kernel_fn``: it has a pool of networks as state)
-  passes through too. A spec dict is what :attr:`KernelFn.spec` holds (``{'architecture': 'convnet', 'depth': 3,
-  ...}``), so a saved distilled set can rebuild its kernel.
+  passes through too. A spec dict is what :attr:`KernelFn.spec` holds (``{'architecture':
+  'convnet', 'depth': 3, ...}``), so a saved distilled set can rebuild its kernel.
   """
   if callable(spec) or isinstance(spec, lf.LearnedFeatureKernel):
     return spec
