@@ -50,7 +50,11 @@ def test_kernel_uses_this_interpreter(tmp_path):
   nb = nbformat.v4.new_notebook()
   nb.cells = [nbformat.v4.new_code_cell(
       "import sys, kip; print(sys.executable); print(kip.__file__)")]
-  out = _execute(nb, tmp_path).cells[0].outputs[0]["text"].split()
+  outputs = _execute(nb, tmp_path).cells[0].outputs
+  # Only stdout: stderr (tqdm.auto's "IProgress not found" warning when ipywidgets is absent)
+  # may arrive before or after the prints.
+  out = "".join(o["text"] for o in outputs
+                if o["output_type"] == "stream" and o["name"] == "stdout").split()
   assert os.path.realpath(out[0]) == os.path.realpath(sys.executable)
   import kip
   assert os.path.realpath(out[1]) == os.path.realpath(kip.__file__)
