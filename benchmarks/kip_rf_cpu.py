@@ -29,7 +29,7 @@ values not run now are kept in the JSON when the other settings match (``--fresh
   python -m benchmarks.kip_rf_cpu [--ipc 1 10] [--budget-minutes 60 60] [--width 128]
       [--models 1] [--targets 1280] [--restarts 10 5] [--loss platt|mse] [--fixed-labels]
       [--optimizer adabelief|adam] [--lr 1e-3] [--validation-size N] [--stored-ipc 1]
-      [--quick]
+      [--random-from benchmarks/results/kip_lf_cpu/kip_lf_cpu.json] [--quick]
 """
 
 from __future__ import annotations
@@ -135,6 +135,11 @@ def main(argv=None):
   p.add_argument("--pool-reset-every", type=int, default=100,
                  help="learned: online steps before a reset (FRePo: 100)")
   p.add_argument("--pool-lr", type=float, default=3e-4, help="learned: online Adam lr")
+  p.add_argument("--random-from", nargs="*", default=[],
+                 help="result JSONs of this benchmark whose random-real row at the same IPC "
+                 "is reused when its protocol (recipe, network, seed, restarts, split) equals "
+                 "this run's: the evaluation is deterministic, so it would repeat the same "
+                 "figures (about 20 minutes at IPC 10)")
   p.add_argument("--fresh", action="store_true", help="replace the JSON's results instead of "
                  "keeping those of IPC values not run now")
   p.add_argument("--out", default=None,
@@ -190,7 +195,14 @@ def main(argv=None):
     else:
       krr = float(distilled.metadata["history"]["eval"][-1][1]["test_accuracy"])
     conv = kip.transfer.evaluate(distilled, ds, restarts=restarts[ipc], **transfer)
-    rand = kip.transfer.evaluate_random(ds, ipc, restarts=restarts[ipc], **transfer)
+    reused = reused_random(a.random_from, ipc, split, conv.to_dict(),
+                           validation_size=a.validation_size)
+    if reused is None:
+      rand = kip.transfer.evaluate_random(ds, ipc, restarts=restarts[ipc], **transfer).to_dict()
+      random_from = None
+    else:
+      (rand, random_from), _ = reused, logger.info("IPC %d: random real reused from %s",
+                                                   ipc, reused[1])
     others = {}
     if split == "test" and not a.quick and (a.stored_ipc is None or ipc in a.stored_ipc):
       for name, s in stored_sets(ds, ipc, a.compare).items():
@@ -204,18 +216,43 @@ def main(argv=None):
                     "kernel": kernel.spec, "budget_seconds_used": seconds,
                     "distill_seconds": seconds, "budget_minutes": budgets[ipc],
                     "krr_rf_accuracy": krr, "convnet": conv.to_dict(),
-                    "random_convnet": rand.to_dict(),
+                    "random_convnet": rand, "random_from": random_from,
                     "stored_convnet": {k: v.to_dict() for k, v in others.items()},
                     "target": target,
                     "reached": bool(split == "test" and target is not None
                                     and 100 * conv.mean >= target)})
-    logger.info("IPC %d: %d steps (%.2f s/step), KRR %.4f, ConvNet-3 %s, random %s (%s)",
-                ipc, steps, per_step, krr, conv, rand, split)
+    logger.info("IPC %d: %d steps (%.2f s/step), KRR %.4f, ConvNet-3 %s, random %.4f +- %.4f "
+                "(%s)", ipc, steps, per_step, krr, conv, rand["mean"], rand["std"], split)
     table = _write(a, split, results)  # after every IPC: a later failure keeps this one
   logger.info("\nFashion-MNIST, KIP %s (width %d, %d targets, %s loss, %s labels, %s lr %g)"
               "%s\n%s", name, a.width, a.targets, a.loss,
               "fixed" if a.fixed_labels else "learned", a.optimizer, a.lr,
               " QUICK (not a result)" if a.quick else "", table)
+
+
+PROTOCOL_KEYS = ("dataset", "model", "model_config", "recipe", "seed", "restarts", "tuning")
+
+
+def reused_random(paths, ipc: int, split: str, protocol: dict, *, validation_size: int):
+  """The random-real ConvNet-3 row at ``ipc`` of the first result file in ``paths`` measured
+  under the same protocol as ``protocol`` (this run's evaluation of its distilled set: same
+  dataset, network and its config, recipe, seed, restarts, no tuning) on the same ``split``
+  and validation size, as ``(row, path)``; ``None`` when no file has one.
+
+  ``kip.transfer.evaluate_random`` draws its subsets and networks from ``seed`` alone, so such
+  a row is what a new evaluation would return."""
+  for path in paths:
+    with open(path) as f:
+      old = json.load(f)
+    if old.get("quick") or old.get("args", {}).get("validation_size", 0) != validation_size:
+      continue
+    for r in old.get("results", []):
+      rand = r.get("random_convnet") or {}
+      if (r.get("ipc") == ipc and r.get("split") == split and not r.get("random_from")
+          and rand.get("num_images") == ipc * protocol.get("model_config", {}).get("num_classes")
+          and all(rand.get(k) == protocol.get(k) for k in PROTOCOL_KEYS)):
+        return rand, os.path.relpath(path, os.path.dirname(os.path.dirname(common.RESULTS_DIR)))
+  return None
 
 
 def _row(r) -> list:
@@ -238,7 +275,8 @@ def _merged(path: str, a, split, results) -> list:
     return list(results)
   with open(path) as f:
     old = json.load(f)
-  free = {"ipc", "budget_minutes", "restarts", "stored_ipc", "no_progress", "fresh", "out"}
+  free = {"ipc", "budget_minutes", "restarts", "stored_ipc", "no_progress", "fresh", "out",
+          "random_from"}
   old_args = old.get("args", {})
   same = all(old_args.get(k, a.defaults.get(k)) == v for k, v in vars(a).items()
              if k not in free and k != "defaults")
@@ -281,6 +319,10 @@ def _write(a, split, results) -> str:
       f"{split} images; random real: a new class-balanced subset per restart; stored sets: the "
       f"library's DM / DSA (suite_cpu) and KIP-FC (kip_cpu) sets under the same protocol, in the "
       f"same run{where}. Published numbers: ANCHORS.md, after transfer to finite networks.")
+  reused = [f"IPC {r['ipc']}: {r['random_from']}" for r in results if r.get("random_from")]
+  if reused:
+    caption += (" Random real reused (same protocol, seed and restarts, so the same figures) "
+                f"from {'; '.join(reused)}.")
   kept = sorted({r["ipc"] for r in results} - set(a.ipc))
   if kept:
     caption += (f" IPC {', '.join(map(str, kept))}: kept from an earlier run with the same "

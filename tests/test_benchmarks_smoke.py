@@ -148,3 +148,28 @@ def test_kip_rf_cpu_keeps_results_of_other_ipc_values_with_the_same_settings(tmp
     assert kip_rf_cpu._merged(str(path), changed, "test", new) == new
   assert kip_rf_cpu._merged(str(path), args(), "validation", new) == new
   assert kip_rf_cpu._merged(str(tmp_path / "none.json"), args(), "test", new) == new
+
+
+def test_kip_rf_cpu_reuses_a_random_real_row_only_under_the_same_protocol(tmp_path):
+  from benchmarks import kip_rf_cpu
+  protocol = {"dataset": "fashion_mnist", "model": "convnet", "recipe": {"name": "dc"},
+              "model_config": {"num_classes": 10, "width": 128}, "seed": 0, "restarts": 5,
+              "tuning": None}
+  rand = dict(protocol, num_images=100, accuracies=[0.7, 0.8], mean=0.75, std=0.05)
+  row = {"ipc": 10, "split": "test", "random_convnet": rand}
+  path = tmp_path / "other.json"
+  path.write_text(json.dumps({"args": {"validation_size": 0}, "quick": False,
+                              "results": [row]}))
+  got, where = kip_rf_cpu.reused_random([str(path)], 10, "test", protocol, validation_size=0)
+  assert got == rand and where.endswith("other.json")
+  for changes in ({"seed": 1}, {"restarts": 10}, {"recipe": {"name": "kip"}},
+                  {"model_config": {"num_classes": 10, "width": 64}}):
+    assert kip_rf_cpu.reused_random([str(path)], 10, "test", dict(protocol, **changes),
+                                    validation_size=0) is None
+  assert kip_rf_cpu.reused_random([str(path)], 1, "test", protocol, validation_size=0) is None
+  assert kip_rf_cpu.reused_random([str(path)], 10, "validation", protocol,
+                                  validation_size=0) is None
+  assert kip_rf_cpu.reused_random([str(path)], 10, "test", protocol,
+                                  validation_size=5000) is None
+  path.write_text(json.dumps({"args": {}, "results": [dict(row, random_from="x.json")]}))
+  assert kip_rf_cpu.reused_random([str(path)], 10, "test", protocol, validation_size=0) is None

@@ -329,6 +329,8 @@ def test_evaluate_random_and_full():
   fc = dict(model="fc", model_kwargs=dict(width=32, depth=1), recipe="dc", progress=False)
   rand = transfer.evaluate_random(DATA, 2, restarts=2, recipe_overrides=FAST_DC, **fc)
   assert rand.num_images == 6 and len(rand.accuracies) == 2 and rand.mean > 0.6
+  again = transfer.evaluate_random(DATA, 2, restarts=2, recipe_overrides=FAST_DC, **fc)
+  assert list(again.accuracies) == list(rand.accuracies)  # seed alone decides (reused rows)
   keys = jax.random.split(jax.random.PRNGKey(0), 2)  # a new class-balanced subset per restart
   a, b = (_random_subset(k, DATA.y_train, 2, 3) for k in keys)
   assert not np.array_equal(a, b)
