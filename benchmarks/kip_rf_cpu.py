@@ -15,7 +15,8 @@ the support), time-boxed by the driver; then
   ../shared/ANCHORS.md.
 
 The library's stored sets of the same size (DM, DSA, KIP-FC under ``benchmarks/results``;
-``--compare`` names others) are evaluated under the same protocol in the same run.
+``--compare`` names others) are evaluated under the same protocol in the same run, or in a later
+one with ``--stored-only`` (no distillation; the JSON's rows get the stored sets beside them).
 
 ``--validation-size N`` is the setting search: KIP distils from all but the last ``N`` training
 images and every figure is measured on those ``N`` held-out training images instead of the
@@ -52,7 +53,9 @@ logger = logging.getLogger("benchmarks.kip_rf_cpu")
 TARGETS = {1: 74.0, 10: 86.0}  # finite ConvNet-3, DC protocol (issue 13)
 PUBLISHED = {  # ../shared/ANCHORS.md, Fashion-MNIST, after transfer to finite networks
     "kip_transfer": {1: "73.5", 10: "86.8"},
-    "rfad": {1: "78.6", 10: "87.0"},
+    "rfad": {1: "78.6 (?)", 10: "87.0 (?)"},
+    "frepo": {1: "75.6 (?)", 10: "86.2 (?)"},
+    "rcig": {1: "79.8 (?)", 10: "88.5 (?)"},
     "dsa": {1: "70.6", 10: "84.6"},
 }
 STORED = {  # the library's own sets, evaluated beside KIP-RF under the same protocol
@@ -102,7 +105,8 @@ def _per_ipc(values, ipcs, what):
   return dict(zip(ipcs, values))
 
 
-def main(argv=None):
+def parse_args(argv=None) -> argparse.Namespace:
+  """The command line; ``a.defaults`` holds every option's default, ``a.out`` is filled in."""
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--ipc", type=int, nargs="+", default=[1, 10])
   p.add_argument("--budget-minutes", type=float, nargs="+", default=[60.0])
@@ -140,6 +144,10 @@ def main(argv=None):
                  "is reused when its protocol (recipe, network, seed, restarts, split) equals "
                  "this run's: the evaluation is deterministic, so it would repeat the same "
                  "figures (about 20 minutes at IPC 10)")
+  p.add_argument("--stored-only", action="store_true",
+                 help="no distillation: evaluate the stored sets (those not yet evaluated) "
+                 "beside the results already in the JSON at each --ipc, under the same "
+                 "protocol and restarts, and rewrite its table")
   p.add_argument("--fresh", action="store_true", help="replace the JSON's results instead of "
                  "keeping those of IPC values not run now")
   p.add_argument("--out", default=None,
@@ -147,8 +155,16 @@ def main(argv=None):
   p.add_argument("--no-progress", action="store_true")
   a = p.parse_args(argv)
   a.defaults = {k: p.get_default(k) for k in vars(a)}  # what a result file without a key meant
-  name = {"rf": "kip_rf", "learned": "kip_lf"}[a.kernel]
-  a.out = a.out or os.path.join(common.RESULTS_DIR, f"{name}_cpu")
+  a.out = a.out or os.path.join(common.RESULTS_DIR, f"{_NAMES[a.kernel]}_cpu")
+  return a
+
+
+_NAMES = {"rf": "kip_rf", "learned": "kip_lf"}
+
+
+def main(argv=None):
+  a = parse_args(argv)
+  name = _NAMES[a.kernel]
   common.setup_logging()
   budgets = _per_ipc(a.budget_minutes, a.ipc, "budget-minutes")
   restarts = (_per_ipc(a.restarts, a.ipc, "restarts") if a.restarts
@@ -167,6 +183,10 @@ def main(argv=None):
   make_optimizer = {"adabelief": optax.adabelief, "adam": optax.adam}[a.optimizer]
   transfer = dict(model="convnet", recipe="dc", seed=a.seed, recipe_overrides=recipe_overrides,
                   progress=not a.no_progress)
+  if a.stored_only:
+    table = _stored_only(a, ds, split, transfer)
+    logger.info("\n%s", table)
+    return
   for ipc in a.ipc:
     if a.kernel == "rf":
       kernel = kip.kernels.convnet_rf(width=a.width, num_models=a.models)
@@ -205,9 +225,7 @@ def main(argv=None):
                                                    ipc, reused[1])
     others = {}
     if split == "test" and not a.quick and (a.stored_ipc is None or ipc in a.stored_ipc):
-      for name, s in stored_sets(ds, ipc, a.compare).items():
-        others[name] = kip.transfer.evaluate(s, ds, restarts=restarts[ipc], **transfer)
-        logger.info("IPC %d, %s: ConvNet-3 %s", ipc, name, others[name])
+      others = _evaluate_stored(ds, ipc, a.compare, restarts[ipc], transfer)
     os.makedirs(a.out, exist_ok=True)
     distilled.save(os.path.join(a.out, f"{name}_ipc{ipc}.npz"))
     distilled.grid(os.path.join(a.out, f"{name}_ipc{ipc}.png"), class_names=ds.class_names)
@@ -217,7 +235,7 @@ def main(argv=None):
                     "distill_seconds": seconds, "budget_minutes": budgets[ipc],
                     "krr_rf_accuracy": krr, "convnet": conv.to_dict(),
                     "random_convnet": rand, "random_from": random_from,
-                    "stored_convnet": {k: v.to_dict() for k, v in others.items()},
+                    "stored_convnet": others,
                     "target": target,
                     "reached": bool(split == "test" and target is not None
                                     and 100 * conv.mean >= target)})
@@ -228,6 +246,38 @@ def main(argv=None):
               "%s\n%s", name, a.width, a.targets, a.loss,
               "fixed" if a.fixed_labels else "learned", a.optimizer, a.lr,
               " QUICK (not a result)" if a.quick else "", table)
+
+
+def _evaluate_stored(ds, ipc, extra, restarts, transfer, skip=()) -> dict:
+  """ConvNet-3 results (as dicts) of the stored sets of ``ipc`` images per class."""
+  out = {}
+  for set_name, s in stored_sets(ds, ipc, extra).items():
+    if set_name in skip:
+      continue
+    out[set_name] = kip.transfer.evaluate(s, ds, restarts=restarts, **transfer).to_dict()
+    logger.info("IPC %d, %s: ConvNet-3 %.4f +- %.4f", ipc, set_name, out[set_name]["mean"],
+                out[set_name]["std"])
+  return out
+
+
+def _stored_only(a, ds, split, transfer) -> str:
+  """``--stored-only``: the stored sets beside the JSON's rows at ``a.ipc``; the new table."""
+  name = os.path.basename(os.path.normpath(a.out))
+  path = os.path.join(a.out, f"{name}.json")
+  results = {r["ipc"]: r for r in _merged(path, a, split, [])}
+  missing = sorted(set(a.ipc) - set(results))
+  if missing:
+    raise SystemExit(f"--stored-only: {path} has no result at IPC {missing} with these "
+                     "settings; run the benchmark without --stored-only first")
+  if split == "test" and not a.quick:
+    for ipc in a.ipc:
+      row = results[ipc]
+      new = _evaluate_stored(ds, ipc, a.compare, len(row["convnet"]["accuracies"]), transfer,
+                             skip=row["stored_convnet"])
+      if new:
+        row["stored_convnet"] = {**row["stored_convnet"], **new}
+        row["stored_later"] = sorted(set(row.get("stored_later", [])) | set(new))
+  return _write(a, split, list(results.values()), distilled=())
 
 
 PROTOCOL_KEYS = ("dataset", "model", "model_config", "recipe", "seed", "restarts", "tuning")
@@ -264,8 +314,8 @@ def _row(r) -> list:
   return [ipc, r["steps"], f"{r['seconds_per_step']:.2f}", f"{100 * r['krr_rf_accuracy']:.2f}",
           fmt(r["convnet"]), fmt(r["random_convnet"]),
           "; ".join(f"{k} {fmt(v)}" for k, v in r["stored_convnet"].items()) or "-",
-          PUBLISHED["kip_transfer"].get(ipc, "-"), PUBLISHED["rfad"].get(ipc, "-"),
-          PUBLISHED["dsa"].get(ipc, "-"), "-" if r["target"] is None else f">= {r['target']}"]
+          *(PUBLISHED[k].get(ipc, "-") for k in ("kip_transfer", "rfad", "frepo", "rcig", "dsa")),
+          "-" if r["target"] is None else f">= {r['target']}"]
 
 
 def _merged(path: str, a, split, results) -> list:
@@ -276,7 +326,7 @@ def _merged(path: str, a, split, results) -> list:
   with open(path) as f:
     old = json.load(f)
   free = {"ipc", "budget_minutes", "restarts", "stored_ipc", "no_progress", "fresh", "out",
-          "random_from"}
+          "random_from", "stored_only"}
   old_args = old.get("args", {})
   same = all(old_args.get(k, a.defaults.get(k)) == v for k, v in vars(a).items()
              if k not in free and k != "defaults")
@@ -288,7 +338,9 @@ def _merged(path: str, a, split, results) -> list:
                 key=lambda r: r["ipc"])
 
 
-def _write(a, split, results) -> str:
+def _write(a, split, results, distilled=None) -> str:
+  """Writes the JSON (``results`` merged with the file's) and returns the table;
+  ``distilled``: the IPC values distilled by this command (default ``a.ipc``)."""
   name = os.path.basename(os.path.normpath(a.out))
   path = os.path.join(a.out, f"{name}.json")
   results = _merged(path, a, split, results)
@@ -296,11 +348,16 @@ def _write(a, split, results) -> str:
   header = ["IPC", "steps", "s/step", f"{'RF' if rf else 'pool'} KRR % ({split})",
             f"ConvNet-3 {'KIP-RF' if rf else 'KIP-LF'} ({split})",
             "random real ConvNet-3", "stored sets, ConvNet-3",
-            "published KIP transfer", "published RFAD", "published DSA", "target"]
+            "published KIP transfer", "published RFAD", "published FRePo",
+            "published RCIG", "published DSA", "target"]
   table = common.markdown_table(header, [_row(r) for r in results])
-  where = ("" if a.stored_ipc is None
-           else f" (at IPC {', '.join(map(str, a.stored_ipc))} only)" if a.stored_ipc
-           else " (none compared in this run: see the random-feature section for them at IPC 1)")
+  compared = [r["ipc"] for r in results if r["stored_convnet"]]
+  later = [f"{', '.join(r['stored_later'])} at IPC {r['ipc']}" for r in results
+           if r.get("stored_later")]
+  where = (f" (at IPC {', '.join(map(str, compared))}"
+           + (f"; {'; '.join(later)} in a later `--stored-only` run" if later else "") + ")"
+           if compared else
+           " (none compared here: see the random-feature section for them)")
   if rf:
     kernel = (f"`kernel=convnet_rf` (ConvNet-3 random features: width {a.width}, {a.models} "
               f"network(s) drawn fresh every step)")
@@ -317,13 +374,14 @@ def _write(a, split, results) -> str:
       f"targets per step without replacement, time-boxed per IPC by the driver. {krr} "
       f"Finite ConvNet-3: DC protocol (see Protocols) on the "
       f"{split} images; random real: a new class-balanced subset per restart; stored sets: the "
-      f"library's DM / DSA (suite_cpu) and KIP-FC (kip_cpu) sets under the same protocol, in the "
-      f"same run{where}. Published numbers: ANCHORS.md, after transfer to finite networks.")
+      f"library's DM / DSA (suite_cpu) and KIP-FC (kip_cpu) sets where stored, under the same "
+      f"protocol and restarts{where}. Published numbers: ANCHORS.md, after transfer to finite "
+      f"networks ((?): secondary there).")
   reused = [f"IPC {r['ipc']}: {r['random_from']}" for r in results if r.get("random_from")]
   if reused:
     caption += (" Random real reused (same protocol, seed and restarts, so the same figures) "
                 f"from {'; '.join(reused)}.")
-  kept = sorted({r["ipc"] for r in results} - set(a.ipc))
+  kept = sorted({r["ipc"] for r in results} - set(a.ipc if distilled is None else distilled))
   if kept:
     caption += (f" IPC {', '.join(map(str, kept))}: kept from an earlier run with the same "
                 f"settings (its budget and restarts in its JSON row); the command shows the "

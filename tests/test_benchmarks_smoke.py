@@ -173,3 +173,33 @@ def test_kip_rf_cpu_reuses_a_random_real_row_only_under_the_same_protocol(tmp_pa
                                   validation_size=5000) is None
   path.write_text(json.dumps({"args": {}, "results": [dict(row, random_from="x.json")]}))
   assert kip_rf_cpu.reused_random([str(path)], 10, "test", protocol, validation_size=0) is None
+
+
+def test_kip_rf_cpu_stored_only_adds_the_stored_sets_beside_kept_rows(tmp_path, monkeypatch):
+  import kip
+  from benchmarks import kip_rf_cpu
+  ds = kip.data.load("digits")
+  kip.baselines.random_real(ds, 1, 0).save(tmp_path / "mine_ipc1.npz")
+  monkeypatch.setattr(kip_rf_cpu, "STORED", {"mine": str(tmp_path / "mine_ipc{ipc}.npz")})
+  out = tmp_path / "kip_rf_cpu"
+  a = kip_rf_cpu.parse_args(["--ipc", "1", "--stored-only", "--out", str(out)])
+  fake = {"accuracies": [0.5, 0.6], "mean": 0.55, "std": 0.05}
+  row = {"ipc": 1, "split": "test", "steps": 3, "seconds_per_step": 1.0,
+         "krr_rf_accuracy": 0.5, "convnet": fake, "random_convnet": fake,
+         "stored_convnet": {}, "target": 74.0, "budget_minutes": 1.0}
+  out.mkdir()
+  (out / "kip_rf_cpu.json").write_text(json.dumps({"args": {}, "split": "test",
+                                                   "results": [row]}))
+  transfer = dict(model="fc", model_kwargs={"width": 16, "depth": 1}, recipe="dc", seed=0,
+                  recipe_overrides={"epochs": 2}, progress=False)
+  table = kip_rf_cpu._stored_only(a, ds, "test", transfer)
+  saved = json.loads((out / "kip_rf_cpu.json").read_text())
+  got = saved["results"][0]
+  assert list(got["stored_convnet"]) == ["mine"] and got["stored_later"] == ["mine"]
+  assert len(got["stored_convnet"]["mine"]["accuracies"]) == 2  # the row's restarts
+  assert "published FRePo" in table and "published RCIG" in table
+  assert "mine at IPC 1 in a later `--stored-only` run" in saved["caption"]
+  assert "IPC 1: kept from an earlier run" in saved["caption"]
+  with pytest.raises(SystemExit, match="no result at IPC \\[10\\]"):
+    kip_rf_cpu._stored_only(kip_rf_cpu.parse_args(["--ipc", "10", "--stored-only", "--out",
+                                                   str(out)]), ds, "test", transfer)
