@@ -248,11 +248,12 @@ def main(argv=None):
               " QUICK (not a result)" if a.quick else "", table)
 
 
-def _evaluate_stored(ds, ipc, extra, restarts, transfer, skip=()) -> dict:
-  """ConvNet-3 results (as dicts) of the stored sets of ``ipc`` images per class."""
+def _evaluate_stored(ds, ipc, extra, restarts, transfer, only=None, skip=()) -> dict:
+  """ConvNet-3 results (as dicts) of the stored sets of ``ipc`` images per class (or of the
+  one named ``only``), but not of those named in ``skip``."""
   out = {}
   for set_name, s in stored_sets(ds, ipc, extra).items():
-    if set_name in skip:
+    if set_name in skip or only not in (None, set_name):
       continue
     out[set_name] = kip.transfer.evaluate(s, ds, restarts=restarts, **transfer).to_dict()
     logger.info("IPC %d, %s: ConvNet-3 %.4f +- %.4f", ipc, set_name, out[set_name]["mean"],
@@ -272,11 +273,13 @@ def _stored_only(a, ds, split, transfer) -> str:
   if split == "test" and not a.quick:
     for ipc in a.ipc:
       row = results[ipc]
-      new = _evaluate_stored(ds, ipc, a.compare, len(row["convnet"]["accuracies"]), transfer,
-                             skip=row["stored_convnet"])
-      if new:
-        row["stored_convnet"] = {**row["stored_convnet"], **new}
-        row["stored_later"] = sorted(set(row.get("stored_later", [])) | set(new))
+      for set_name in stored_sets(ds, ipc, a.compare):
+        new = _evaluate_stored(ds, ipc, a.compare, len(row["convnet"]["accuracies"]), transfer,
+                               only=set_name, skip=row["stored_convnet"])
+        if new:  # written after every set: an interruption keeps those done
+          row["stored_convnet"] = {**row["stored_convnet"], **new}
+          row["stored_later"] = sorted(set(row.get("stored_later", [])) | set(new))
+          _write(a, split, list(results.values()), distilled=())
   return _write(a, split, list(results.values()), distilled=())
 
 
