@@ -146,8 +146,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                  "figures (about 20 minutes at IPC 10)")
   p.add_argument("--stored-only", action="store_true",
                  help="no distillation: evaluate the stored sets (those not yet evaluated) "
-                 "beside the results already in the JSON at each --ipc, under the same "
-                 "protocol and restarts, and rewrite its table")
+                 "beside the results already in the JSON at each --ipc (in --stored-ipc, if "
+                 "given), under the same protocol and restarts, and rewrite its table")
   p.add_argument("--fresh", action="store_true", help="replace the JSON's results instead of "
                  "keeping those of IPC values not run now")
   p.add_argument("--out", default=None,
@@ -272,6 +272,8 @@ def _stored_only(a, ds, split, transfer) -> str:
                      "settings; run the benchmark without --stored-only first")
   if split == "test" and not a.quick:
     for ipc in a.ipc:
+      if a.stored_ipc is not None and ipc not in a.stored_ipc:
+        continue  # `--stored-only --stored-ipc` alone: only the table is rewritten
       row = results[ipc]
       for set_name in stored_sets(ds, ipc, a.compare):
         new = _evaluate_stored(ds, ipc, a.compare, len(row["convnet"]["accuracies"]), transfer,

@@ -192,6 +192,9 @@ def test_kip_rf_cpu_stored_only_adds_the_stored_sets_beside_kept_rows(tmp_path, 
                                                    "results": [row]}))
   transfer = dict(model="fc", model_kwargs={"width": 16, "depth": 1}, recipe="dc", seed=0,
                   recipe_overrides={"epochs": 2}, progress=False)
+  kip_rf_cpu._stored_only(kip_rf_cpu.parse_args(["--ipc", "1", "--stored-only", "--stored-ipc",
+                                                 "--out", str(out)]), ds, "test", transfer)
+  assert json.loads((out / "kip_rf_cpu.json").read_text())["results"][0]["stored_convnet"] == {}
   table = kip_rf_cpu._stored_only(a, ds, "test", transfer)
   saved = json.loads((out / "kip_rf_cpu.json").read_text())
   got = saved["results"][0]
