@@ -221,8 +221,8 @@ def main(argv=None):
       rand = kip.transfer.evaluate_random(ds, ipc, restarts=restarts[ipc], **transfer).to_dict()
       random_from = None
     else:
-      (rand, random_from), _ = reused, logger.info("IPC %d: random real reused from %s",
-                                                   ipc, reused[1])
+      rand, random_from = reused
+      logger.info("IPC %d: random real reused from %s", ipc, random_from)
     others = {}
     if split == "test" and not a.quick and (a.stored_ipc is None or ipc in a.stored_ipc):
       others = _evaluate_stored(ds, ipc, a.compare, restarts[ipc], transfer)
@@ -248,17 +248,17 @@ def main(argv=None):
               " QUICK (not a result)" if a.quick else "", table)
 
 
-def _evaluate_stored(ds, ipc, extra, restarts, transfer, only=None, skip=()) -> dict:
-  """ConvNet-3 results (as dicts) of the stored sets of ``ipc`` images per class (or of the
-  one named ``only``), but not of those named in ``skip``."""
-  out = {}
-  for set_name, s in stored_sets(ds, ipc, extra).items():
-    if set_name in skip or only not in (None, set_name):
-      continue
-    out[set_name] = kip.transfer.evaluate(s, ds, restarts=restarts, **transfer).to_dict()
-    logger.info("IPC %d, %s: ConvNet-3 %.4f +- %.4f", ipc, set_name, out[set_name]["mean"],
-                out[set_name]["std"])
-  return out
+def _evaluate_stored(ds, ipc, extra, restarts, transfer) -> dict:
+  """ConvNet-3 results (as dicts) of the stored sets of ``ipc`` images per class (see
+  :func:`stored_sets`)."""
+  return {set_name: _evaluate_one(s, ds, ipc, set_name, restarts, transfer)
+          for set_name, s in stored_sets(ds, ipc, extra).items()}
+
+
+def _evaluate_one(s, ds, ipc, set_name, restarts, transfer) -> dict:
+  r = kip.transfer.evaluate(s, ds, restarts=restarts, **transfer).to_dict()
+  logger.info("IPC %d, %s: ConvNet-3 %.4f +- %.4f", ipc, set_name, r["mean"], r["std"])
+  return r
 
 
 def _stored_only(a, ds, split, transfer) -> str:
@@ -275,13 +275,13 @@ def _stored_only(a, ds, split, transfer) -> str:
       if a.stored_ipc is not None and ipc not in a.stored_ipc:
         continue  # `--stored-only --stored-ipc` alone: only the table is rewritten
       row = results[ipc]
-      for set_name in stored_sets(ds, ipc, a.compare):
-        new = _evaluate_stored(ds, ipc, a.compare, len(row["convnet"]["accuracies"]), transfer,
-                               only=set_name, skip=row["stored_convnet"])
-        if new:  # written after every set: an interruption keeps those done
-          row["stored_convnet"] = {**row["stored_convnet"], **new}
-          row["stored_later"] = sorted(set(row.get("stored_later", [])) | set(new))
-          _write(a, split, list(results.values()), distilled=())
+      for set_name, s in stored_sets(ds, ipc, a.compare).items():
+        if set_name in row["stored_convnet"]:
+          continue
+        row["stored_convnet"] = {**row["stored_convnet"], set_name: _evaluate_one(
+            s, ds, ipc, set_name, len(row["convnet"]["accuracies"]), transfer)}
+        row["stored_later"] = sorted(set(row.get("stored_later", [])) | {set_name})
+        _write(a, split, list(results.values()), distilled=())  # an interruption keeps it
   return _write(a, split, list(results.values()), distilled=())
 
 
