@@ -50,10 +50,12 @@ def test_update_trains_the_chosen_network_and_resets_after_reset_every(digits_sm
   pool = lf.init(jax.random.PRNGKey(0), x.shape[1:])
   assert pool.count.tolist() == [0, 1]
 
-  def mse(p):
+  @jax.jit
+  def _mse(p):
     out = lf.model.apply({"params": p}, x)
-    return float(0.5 * jnp.mean(jnp.sum((out - y) ** 2, -1)))
+    return 0.5 * jnp.mean(jnp.sum((out - y) ** 2, -1))
 
+  mse = lambda p: float(_mse(p))  # noqa: E731
   before = mse(lf.select(pool, 0))
   untouched = lf.select(pool, 1)
   update = jax.jit(lf.update)  # one compilation for the five calls
@@ -65,7 +67,8 @@ def test_update_trains_the_chosen_network_and_resets_after_reset_every(digits_sm
   trained = lf.select(pool, 0)
   pool = update(pool, jnp.asarray(0), jax.random.PRNGKey(9), x, y)  # count 4 > 3: reset
   assert pool.count.tolist() == [0, 1]
-  fresh, _ = lf._init_one(jax.random.split(jax.random.PRNGKey(9))[0], x.shape[1:])
+  fresh, _ = jax.jit(lf._init_one, static_argnums=1)(jax.random.split(jax.random.PRNGKey(9))[0],
+                                                      x.shape[1:])
   jax.tree_util.tree_map(np.testing.assert_array_equal, lf.select(pool, 0), fresh)
   assert not np.allclose(jax.tree_util.tree_leaves(trained)[0],
                          jax.tree_util.tree_leaves(fresh)[0])
@@ -78,11 +81,11 @@ def test_online_batch_is_drawn_without_replacement(digits_small):
   y = jnp.asarray(support_labels(digits_small.y_train[:20], 10))
   pool = lf.init(jax.random.PRNGKey(0), x.shape[1:])
   key = jax.random.PRNGKey(3)
-  got = lf.update(pool, jnp.asarray(0), key, x, y)
+  got = jax.jit(lf.update)(pool, jnp.asarray(0), key, x, y)  # compiled: op by op is slower
   rows = jax.random.permutation(jax.random.split(key)[1], 20)[:5]
   assert len(set(np.asarray(rows).tolist())) == 5
   want = kip.kernels.LearnedFeatureKernel(lf.model, 1, lf.reset_every, lf.learning_rate, 1000)
-  want = want.update(pool, jnp.asarray(0), key, x[rows], y[rows])
+  want = jax.jit(want.update)(pool, jnp.asarray(0), key, x[rows], y[rows])
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
                          got.params, want.params)
 

@@ -43,6 +43,7 @@ Reference:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Mapping, NamedTuple, Optional, Sequence
 
 import jax
@@ -133,12 +134,12 @@ class LearnedFeatureKernel:
                        f"learned_features(num_classes={num_classes}).")
 
   def init(self, key: jax.Array, image_shape: Sequence[int]) -> FeaturePool:
-    """``M`` freshly initialised networks for ``(H, W, C)`` images, counts staggered."""
-    keys = jax.random.split(key, self.num_models)
-    params, opt_state = jax.vmap(lambda k: self._init_one(k, image_shape))(keys)
-    stagger = self.reset_every // self.num_models
-    count = stagger * jnp.arange(self.num_models, dtype=jnp.int32)
-    return FeaturePool(params, opt_state, count)
+    """``M`` freshly initialised networks for ``(H, W, C)`` images, counts staggered.
+
+    Compiled once per kernel and image shape (Flax's initialisers run op by op otherwise,
+    several seconds on a CPU).
+    """
+    return _init_pool(self, key, tuple(int(s) for s in image_shape))
 
   def select(self, pool: FeaturePool, index: jax.Array) -> Any:
     """The ``params`` of network ``index``."""
@@ -191,6 +192,16 @@ class LearnedFeatureKernel:
   def frozen(self, pool: FeaturePool) -> "PoolKernel":
     """The pool as a fixed kernel, the mean of its networks' kernels (for evaluation)."""
     return PoolKernel(self, pool.params)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def _init_pool(kernel: LearnedFeatureKernel, key: jax.Array,
+               image_shape: tuple[int, ...]) -> FeaturePool:
+  keys = jax.random.split(key, kernel.num_models)
+  params, opt_state = jax.vmap(lambda k: kernel._init_one(k, image_shape))(keys)
+  stagger = kernel.reset_every // kernel.num_models
+  count = stagger * jnp.arange(kernel.num_models, dtype=jnp.int32)
+  return FeaturePool(params, opt_state, count)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
