@@ -22,3 +22,9 @@ def test_ceiling_tunes_on_validation_then_tests(digits):
 def test_unknown_model_is_refused():
   with pytest.raises(SystemExit, match="unknown models"):
     ceilings.main(["--models", "vgg", "--json", ""])
+
+
+def test_caption_names_the_grid_and_the_search_length():
+  c = ceilings.caption(5000, 5, [0.3, 1.0, 3.0])
+  assert "among 0.3 / 1 / 3 x 0.03 on the last 5000 training images with 5-epoch runs" in c
+  assert "with 2-epoch runs" in ceilings.caption(5000, 2, [1.0])
