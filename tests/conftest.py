@@ -5,9 +5,9 @@ import os
 # The suite compiles several hundred small XLA programs and runs most of them a few times, so
 # compilation is most of its time. LLVM optimisation level 0 (XLA's HLO passes still run)
 # compiles them faster (on 2 cores: tests/test_methods.py 41 s -> 34 s, the parity tests
-# 113 s -> 93 s), though compute-heavy tests (Monte-Carlo checks, notebook 04) run slower. Programs compute the same
-# functions; tolerances are unchanged. Set XLA_FLAGS yourself to run at XLA's defaults. This
-# must happen before jax creates its backend, hence before kip is imported.
+# 113 s -> 93 s), though compute-heavy tests (Monte-Carlo checks, notebook 04) run slower.
+# Programs compute the same functions; tolerances are unchanged. Set XLA_FLAGS yourself to run
+# at XLA's defaults. This must happen before jax creates its backend, so before kip is imported.
 os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
 
 import pytest  # noqa: E402
