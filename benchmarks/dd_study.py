@@ -30,12 +30,14 @@ distillations with a band of one standard deviation.
   python -m benchmarks.dd_study --quick    # about 5 minutes, small settings
       [--parts toy,fmnist] [--out DIR] [--restarts 10] [--strategies raw,rescaled,tuned]
       [--fmnist-train 300] [--fmnist-steps 500] [--toy-steps 2000]
+  python -m benchmarks.dd_study --write-md benchmarks/results/dd_study   # markdown from JSON
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import os
 import time
@@ -219,8 +221,9 @@ def run_part(part: str, settings: StudySettings, out: str, strategies=("raw", "r
 
 # ----------------------------------------------------------------------------- tables
 def tables(part: str, res: dict[str, Any]) -> str:
-  """Markdown tables of one part's results."""
-  archs = list(res["archs"])
+  """Markdown tables of one part's results (architectures in the study's order)."""
+  order = list(TOY_ARCHS) + list(FMNIST_ARCHS)
+  archs = sorted(res["archs"], key=lambda a: order.index(a) if a in order else len(order))
   out = [f"### {part}: {res['dataset']}"]
   strategies = list(next(iter(res["settings"].values()))["matrix"])
   header = ["architecture", "original data"] + [
@@ -238,7 +241,7 @@ def tables(part: str, res: dict[str, Any]) -> str:
               "for; columns: trained and tested):", "",
               common.markdown_table(["distilled for"] + archs,
                                     [[r] + [_fmt(e["matrix"][st][r][c]) for c in archs]
-                                     for r in e["matrix"][st]]), ""]
+                                     for r in archs + [ALL] if r in e["matrix"][st]]), ""]
   return "\n".join(out)
 
 
@@ -354,8 +357,13 @@ def main(argv=None):
   p.add_argument("--toy-steps", type=int, default=None, help="DD outer steps, toy problem")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--out", default=None)
+  p.add_argument("--write-md", metavar="DIR", default=None,
+                 help="only rewrite DIR/dd_study.md from DIR/dd_study.json")
   a = p.parse_args(argv)
   common.setup_logging()
+  if a.write_md:
+    with open(os.path.join(a.write_md, "dd_study.json")) as f:
+      return write_markdown(json.load(f), a.write_md)
   settings = SETTINGS["quick" if a.quick else "full"]
   if a.restarts is not None:
     settings = dataclasses.replace(settings, restarts=a.restarts)
@@ -367,21 +375,78 @@ def main(argv=None):
   t0 = time.time()
   results = {"settings": dataclasses.asdict(settings), "quick": a.quick, "seed": a.seed,
              "machine": common.machine(), "parts": {}}
-  md = [f"DD study ({'quick' if a.quick else 'full'} setting, {common.machine()['device']}); "
-        f"every cell: mean ± std test accuracy (%) over {settings.restarts} networks."]
   for part in a.parts.split(","):
     res = run_part(part, settings, out, strategies, a.seed)
     results["parts"][part] = res
-    md.append(tables(part, res))
-    print(md[-1], flush=True)
+    logger.info("%s", tables(part, res))
   results["seconds"] = time.time() - t0
-  md.append(f"Total {results['seconds'] / 60:.1f} min.")
   os.makedirs(out, exist_ok=True)
   common.write_json(os.path.join(out, "dd_study.json"), results)
-  with open(os.path.join(out, "dd_study.md"), "w") as f:
-    f.write("\n\n".join(md) + "\n")
+  write_markdown(results, out)
   logger.info("wrote %s (%.1f min)", out, results["seconds"] / 60)
   return results
+
+
+STRATEGY_TEXT = {
+    "raw": "the learned step sizes as they are",
+    "rescaled": "the learned step sizes times the ratio of the largest empirical-NTK "
+                "eigenvalues (distilled-for over trained network) on the synthetic images",
+    "tuned": "one constant step size for the same number of steps, the best multiple of the "
+             "learned mean on 1,000 training images (never the test set)",
+}
+
+
+def write_markdown(results: dict[str, Any], out: str) -> str:
+  """Writes ``dd_study.md`` (settings, tables, figure links) beside the JSON; returns its path.
+
+  Figure links are relative to ``benchmarks/`` when ``out`` lies under
+  ``benchmarks/results`` (the file is pasted into ``benchmarks/RESULTS.md``), else to ``out``.
+  """
+  st = results["settings"]
+  machine = results.get("machine", {})
+  parts = dict(sorted(results["parts"].items(),  # toy first (the JSON sorts its keys)
+                      key=lambda kv: ("toy", "fmnist").index(kv[0])
+                      if kv[0] in ("toy", "fmnist") else 2))
+  strategies = []
+  for res in parts.values():
+    for e in res["settings"].values():
+      strategies = list(e["matrix"])
+      break
+  lines = [
+      f"DD study ({'quick' if results.get('quick') else 'full'} setting, "
+      f"{machine.get('device', '?')}, jax {machine.get('jax', '?')}, "
+      f"{results['seconds'] / 60:.1f} min in all); every cell: mean ± std test accuracy (%) "
+      f"over {st['restarts']} freshly initialised networks.",
+      "",
+      "Settings. DD with the reference defaults of `kip.baselines.dd` (xavier-normal "
+      "initialisations drawn afresh every step, one synthetic batch per inner step cycled with "
+      "i(k) = k mod s, 3 epochs, softplus step sizes from 0.02, Adam beta1 0.5 with ten halvings "
+      "of its learning rate over the run). "
+      f"Toy: two moons (noise {st['toy_noise']}), {st['toy_train']} train / {st['toy_test']} "
+      f"test points, {st['toy_steps']} outer steps of 1,024 points. "
+      f"Fashion-MNIST: a class-balanced subset of {st['fmnist_train']} training images (3x: "
+      f"{st['fmnist_train'] // 3} synthetic images) tested on {st['fmnist_test']} test images, "
+      f"{st['fmnist_steps']} outer steps of {st['fmnist_batch']} real images; 3x of all 60,000 "
+      "(20,000 synthetic images) is out of this CPU's reach. Original data: the 'dc' recipe "
+      f"(SGD momentum 0.9, lr 0.01 then 0.001, weight decay 5e-4) for {st['original_epochs']} "
+      "epochs on the whole (sub)set. Step strategies for the network a set is trained on: " +
+      "; ".join(f"`{k}`: {STRATEGY_TEXT.get(k, k)}" for k in strategies) + ".",
+  ]
+  for part, res in parts.items():
+    lines += ["", tables(part, res)]
+  figs = [f for res in parts.values() for f in res.get("figures", [])]
+  if figs:
+    base = out
+    results_dir = os.path.abspath(common.RESULTS_DIR)
+    if os.path.abspath(out).startswith(results_dir + os.sep):
+      base = os.path.dirname(results_dir)
+    links = [f"[{os.path.splitext(f)[0]}]({os.path.relpath(os.path.join(out, f), base)})"
+             for f in figs]
+    lines += ["", "Figures: " + ", ".join(links) + "."]
+  path = os.path.join(out, "dd_study.md")
+  with open(path, "w") as f:
+    f.write("\n".join(lines) + "\n")
+  return path
 
 
 if __name__ == "__main__":

@@ -197,8 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
   e.add_argument("--recipe", default=None, help="kip or dc (default: kip for kip/ls sets)")
   e.add_argument("--restarts", type=_count(1), default=10, help="networks trained")
   e.add_argument("--steps", type=_count(1), default=None, help="override the recipe's steps")
-  e.add_argument("--augment", default=None, help="augment the networks' training batches: "
-                 "dsa (all DSA groups) or a DSA strategy such as crop_flip")
+  e.add_argument("--augment", default="reference", help="augment the networks' training "
+                 "batches: reference (default: what the reference code evaluates the recipe "
+                 "with: DSA for dsa, DC's crop_scale_rotate and 1,000 epochs for dc on MNIST, "
+                 "none otherwise), none, dsa (all DSA groups), a DSA strategy such as "
+                 "crop_flip, dc (DC's crop_scale_rotate) or dc:GROUPS such as dc:crop_noise")
   e.add_argument("--tune", action="store_true", help="choose the networks' learning rate (NTK "
                  "rule x factor) and L2 on a validation split of the training set first")
   e.add_argument("--validation-size", type=_count(1), default=5000,

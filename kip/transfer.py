@@ -7,9 +7,13 @@
 
 Models follow one contract: Flax linen modules, ``model.apply(variables, x, train=False)`` on
 NHWC float32 images returns ``(n, num_classes)`` logits (``norm='batch'`` trains with
-``mutable=['batch_stats']``). Recipes are frozen dataclasses (``'kip'``, ``'dc'``, ``'dsa'``).
+``mutable=['batch_stats']``). Recipes are frozen dataclasses (``'kip'``, ``'dc'``, ``'dsa'``). Evaluation
+augmentation defaults to the reference code's (``reference_augment``; ``dc_augment_fn`` is
+DC's, ``kip.baselines.augment`` DSA's).
 """
 
+from kip._src.dc_augment import DCAugParams
+from kip._src.dc_augment import augment_fn as dc_augment_fn
 from kip._src.transfer.models import AlexNetSmall
 from kip._src.transfer.models import ConvNet
 from kip._src.transfer.models import FC
@@ -28,6 +32,7 @@ from kip._src.transfer.train import evaluate
 from kip._src.transfer.train import evaluate_full
 from kip._src.transfer.train import evaluate_random
 from kip._src.transfer.train import make_optimizer
+from kip._src.transfer.train import reference_augment
 from kip._src.transfer.train import train
 from kip._src.transfer.train import training_targets
 from kip._src.transfer.ntk import ntk_learning_rate
@@ -38,6 +43,7 @@ __all__ = (
     "AlexNetSmall",
     "AugmentFn",
     "ConvNet",
+    "DCAugParams",
     "FC",
     "LeNet",
     "MODEL_NAMES",
@@ -48,6 +54,7 @@ __all__ = (
     "Tune",
     "accuracy",
     "apply_overrides",
+    "dc_augment_fn",
     "evaluate",
     "evaluate_full",
     "evaluate_random",
@@ -56,6 +63,7 @@ __all__ = (
     "make_optimizer",
     "ntk_learning_rate",
     "ntk_max_eigenvalue",
+    "reference_augment",
     "train",
     "training_targets",
 )

@@ -86,6 +86,28 @@ def test_anchors_are_filled_in_for_fashion_mnist():
   assert common.anchor("kip_krr", 1) in table and common.anchor("random", 1) in table
 
 
+def test_fashion_mnist_tables_end_with_the_ceiling_of_each_network():
+  config = dict(TINY, dataset={"name": "fashion_mnist"})
+  cells = run.plan(config)
+  models = {c.settings["finite"].get("model", "convnet") for c in cells}
+  rec = {"label": "x", "krr": {"accuracy": 0.5}, "finite": {"mean": 0.5, "std": 0.0,
+                                                            "restarts": 1},
+         "distill_seconds": 1.0, "eval_seconds": 1.0, "machine": {"device": "cpu:0"}}
+  some = sorted(models)[0]
+  ceilings = {some: {"model": some, "epochs": 20, "test_accuracy": 90.18, "seconds": 226.0,
+                     "result": {"recipe": {"learning_rate": 0.09}}}}
+  table, caption = run.render_table(config, [rec] * len(cells), cells, ceilings=ceilings)
+  lines = table.splitlines()
+  assert f"| whole training set ({some}; ceiling) | all |" in table
+  assert "90.2 (n=1, 10,000 test images)" in table and "20 ep, lr 0.09" in table
+  assert lines[-len(models)].startswith("| whole training set")  # the last rows
+  for m in models - {some}:
+    assert f"| whole training set ({m}; ceiling) | all | - | - | not measured |" in table
+  assert "Ceiling rows" in caption
+  table, caption = run.render_table(dict(TINY), [rec] * len(cells), cells, ceilings=ceilings)
+  assert "whole training set" not in table and "Ceiling rows" not in caption  # not F-MNIST
+
+
 def test_second_run_recomputes_nothing(suite):
   config, out, _ = suite
   before = _mtimes(out / "cells"), _mtimes(out / "distilled")

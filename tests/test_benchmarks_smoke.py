@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -206,3 +207,25 @@ def test_kip_rf_cpu_stored_only_adds_the_stored_sets_beside_kept_rows(tmp_path, 
   with pytest.raises(SystemExit, match="no result at IPC \\[10\\]"):
     kip_rf_cpu._stored_only(kip_rf_cpu.parse_args(["--ipc", "10", "--stored-only", "--out",
                                                    str(out)]), ds, "test", transfer)
+
+
+def test_dd_study_markdown_from_json(tmp_path):
+  """The study's Markdown (settings, both tables, figure links) is rebuilt from its JSON."""
+  from benchmarks import dd_study
+  cell = {"mean": 0.9, "std": 0.01, "accuracies": [0.9], "step_scale": None}
+  archs = {"LinearNet": ["fc", {"depth": 0}], "NonLinearNet": ["fc", {"depth": 1}]}
+  matrix = {r: {c: cell for c in archs} for r in list(archs) + [dd_study.ALL]}
+  entry = {"images_per_class": 1, "synthetic_images": 2, "compression": 300.0, "sets": {},
+           "matrix": {"raw": matrix, "tuned": matrix}}
+  results = {"settings": dataclasses.asdict(dd_study.SETTINGS["full"]), "quick": False,
+             "seconds": 120.0, "machine": {"device": "cpu:0", "jax": "x"},
+             "parts": {"toy": {"dataset": "two_moons", "archs": archs,
+                               "original": {a: cell for a in archs},
+                               "settings": {"1 per class": entry},
+                               "figures": ["toy_data.png"]}}}
+  (tmp_path / "dd_study.json").write_text(json.dumps(results))
+  path = dd_study.main(["--write-md", str(tmp_path)])
+  text = open(path).read()
+  assert "300 training images" in text and "`tuned`: one constant step size" in text
+  assert "| LinearNet | 90.0 ± 1.0 |" in text and "all three" in text
+  assert "Figures: [toy_data](toy_data.png)." in text  # relative to the folder outside results/

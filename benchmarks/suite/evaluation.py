@@ -51,7 +51,7 @@ def finite(distilled, ds, ipc: int, opts: Mapping[str, Any], seed: int, progress
             "restarts": len(r.accuracies), "model": r.model, "recipe": "dd learned steps",
             "init": r.init, "init_accuracy": r.init_accuracy, "seconds": time.time() - t}
   augment = opts.get("augment")
-  augment_fn = None
+  augment_fn = "reference"  # the reference code's evaluation augmentation (none on F-MNIST)
   if augment:
     from kip.baselines import augment as aug
     augment_fn = aug.augment_fn() if augment is True else aug.augment_fn(augment)
@@ -79,6 +79,7 @@ def finite(distilled, ds, ipc: int, opts: Mapping[str, Any], seed: int, progress
                                                         "seed")}
   out.update(protocol="transfer", accuracies=accs.tolist(), mean=float(accs.mean()),
              std=float(accs.std()), restarts=int(accs.size), seeds=[d["seed"] for d in done],
-             augment=augment or None, fresh_subsets=bool(opts.get("fresh_subsets")),
+             augment=augment or (None if done[0].get("augment", "none") == "none"
+                                 else done[0]["augment"]), fresh_subsets=bool(opts.get("fresh_subsets")),
              seconds=float(sum(d["seconds"] for d in done)))
   return out

@@ -7,7 +7,7 @@ from typing import Any, Mapping, Optional, Sequence
 from benchmarks import common
 from benchmarks.suite.plan import Cell
 
-__all__ = ["render_table", "protocol_summary", "distill_summary"]
+__all__ = ["render_table", "protocol_summary", "distill_summary", "load_ceilings", "ceiling_rows"]
 
 
 def _pct(x: Optional[float]) -> str:
@@ -53,9 +53,50 @@ def distill_summary(s: Mapping[str, Any]) -> str:
   return "selection"
 
 
+CEILINGS_JSON = "ceilings_cpu.json"  # written by benchmarks/ceilings.py
+
+
+def load_ceilings(path: Optional[str] = None) -> dict[str, dict]:
+  """The whole-training-set ceiling rows by network name (empty if none were measured)."""
+  import json
+  import os
+  path = path or os.path.join(common.RESULTS_DIR, CEILINGS_JSON)
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    data = json.load(f)
+  if data.get("quick") or data.get("dataset") != "fashion_mnist":
+    return {}
+  return {r["model"]: r for r in data.get("rows", [])}
+
+
+def ceiling_rows(models: Sequence[str], ceilings: Mapping[str, dict], width: int) -> list[list]:
+  """One "whole training set" row per finite network of a table (``'-'`` if not measured)."""
+  rows = []
+  for m in models:
+    r = ceilings.get(m)
+    if r is None:
+      fin, proto, secs, device = "not measured", f"{m}: no ceiling run yet", "-", "-"
+    else:
+      res = r["result"]
+      fin = f"{r['test_accuracy']:.1f} (n=1, 10,000 test images)"
+      proto = (f"{m}/ceiling {r['epochs']} ep, lr {res['recipe']['learning_rate']:.3g} "
+               "(Whole-training-set ceilings)")
+      secs, device = f"{r['seconds']:.0f}", "CPU, 2 cores"
+    row = [f"whole training set ({m}; ceiling)", "all", "-", "-", fin, "-", proto, "-", secs,
+           device]
+    rows.append(row[:width])
+  return rows
+
+
 def render_table(config: Mapping[str, Any], records: Sequence[Optional[dict]],
-                 cells: Sequence[Cell]) -> tuple[str, str]:
-  """``(table, caption)`` in Markdown; unfinished cells are listed in the caption."""
+                 cells: Sequence[Cell], ceilings: Optional[Mapping[str, dict]] = None
+                 ) -> tuple[str, str]:
+  """``(table, caption)`` in Markdown; unfinished cells are listed in the caption.
+
+  On Fashion-MNIST the table ends with the whole-training-set ceiling of every finite network
+  it uses (``ceilings``: rows by network name; default :func:`load_ceilings`).
+  """
   fmnist = config["dataset"]["name"] == "fashion_mnist"
   header = ["method", "IPC", "KRR %", "published KRR %", "finite % (mean ± std)",
             "published finite %", "finite protocol", "distil s", "eval s", "device"]
@@ -77,6 +118,14 @@ def render_table(config: Mapping[str, Any], records: Sequence[Optional[dict]],
                  _pct(rec["krr"]["accuracy"]) if rec.get("krr") else "-", pub("krr"), fin_txt,
                  pub("finite"), protocol_summary(s["finite"]) if s.get("finite") else "-",
                  f"{rec['distill_seconds']:.0f}", f"{rec['eval_seconds']:.0f}", device])
+  models = []
+  for cell in cells:
+    fin = cell.settings.get("finite") or {}
+    if fin and fin.get("protocol") != "dd" and fin.get("model", "convnet") not in models:
+      models.append(fin.get("model", "convnet"))
+  if fmnist and models:
+    rows += ceiling_rows(models, load_ceilings() if ceilings is None else ceilings,
+                         len(header))
   table = common.markdown_table(header, rows)
   ds = config["dataset"]
   size = ", ".join(f"{k} {ds[k]}" for k in ("n_train", "n_test") if ds.get(k))
@@ -100,6 +149,11 @@ def render_table(config: Mapping[str, Any], records: Sequence[Optional[dict]],
       distil = "; ".join(f"IPC {c.ipc}: {distill_summary(c.settings)}" for c in same)
       settings.append(f"{cell.method}: {distil}")
   lines.append("Settings used: " + " | ".join(settings) + ".")
+  if fmnist and models:
+    lines.append("Ceiling rows: the same network trained on the whole training set (minus a "
+                 "5,000-image validation split) with the epoch-based ceiling protocol "
+                 "(section 'Whole-training-set ceilings'), tested on all 10,000 test images; a "
+                 "distilled set above its ceiling would mean the protocol is wrong.")
   if pending:
     lines.append(f"Not yet run: {', '.join(pending)}.")
   return table, "\n".join(lines)

@@ -13,7 +13,9 @@ the protocols the published numbers were measured with (see ``ANCHORS.md``):
 * ``'dc'`` (Zhao et al., 2021 evaluation protocol): cross-entropy, SGD momentum 0.9,
   learning rate 0.01 dropped 10x at half the run, weight decay 5e-4, batch 256, 300 epochs.
 * ``'dsa'``: ``'dc'`` with ``augment=True`` and 1,000 epochs (Zhao & Bilen, 2021); the
-  augmentation itself is a callable passed to ``train`` / ``evaluate``.
+  augmentation itself is a callable passed to ``train``; ``evaluate`` defaults to the
+  reference's (``augment_fn='reference'``: DSA for this recipe; for ``'dc'`` on MNIST, DC's
+  ``crop_scale_rotate`` with 1,000 epochs, as the DatasetCondensation ``get_daparam``).
 
 Conventions shared by every recipe:
 

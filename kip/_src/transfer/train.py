@@ -313,18 +313,74 @@ def _strategy_fn(strategy: str) -> AugmentFn:
 
 
 def resolve_augment(augment_fn: AugmentFn | str | None) -> AugmentFn | None:
-  """``'dsa'`` (DSA's ``color_crop_cutout_flip_scale_rotate``) or another DSA strategy string
-  (e.g. ``'crop_flip'``) becomes that differentiable augmentation, one function per strategy
-  so that trainers stay cached; callables and ``None`` pass through."""
+  """An augmentation argument as a function (one per string, so trainers stay cached).
+
+  * ``'dsa'`` (DSA's ``color_crop_cutout_flip_scale_rotate``) or another DSA strategy string
+    (e.g. ``'crop_flip'``): that differentiable augmentation;
+  * ``'dc'`` (DC's ``crop_scale_rotate``) or ``'dc:<groups>'`` (e.g. ``'dc:crop_noise'``):
+    the DatasetCondensation reference's evaluation augmentation (:mod:`kip._src.dc_augment`);
+  * ``'none'``, ``None``: no augmentation; callables pass through.
+
+  ``'reference'`` depends on the recipe and data set and is resolved by ``evaluate``.
+  """
   if isinstance(augment_fn, str):
+    if augment_fn == "none":
+      return None
+    if augment_fn == "reference":
+      raise ValueError("augment_fn='reference' is resolved by evaluate / evaluate_random (it "
+                       "depends on the recipe and data set); pass 'dc', 'dsa', a strategy, "
+                       "a callable or None here.")
+    if augment_fn == "dc" or augment_fn.startswith("dc:"):
+      from kip._src import dc_augment
+      strategy = augment_fn[3:] if augment_fn.startswith("dc:") else "crop_scale_rotate"
+      return dc_augment.augment_fn(strategy)
     return _strategy_fn(augment_fn)
   return augment_fn
+
+
+def reference_augment(augment_fn: AugmentFn | str | None, recipe: Recipe, dataset: Any,
+                      model: nn.Module, preset_length: bool = True
+                      ) -> tuple[AugmentFn | str | None, Recipe, str]:
+  """Resolves ``augment_fn='reference'``: the augmentation the reference code evaluates with.
+
+  * Recipes with ``augment=True`` (``'dsa'``): DSA with all its groups
+    (``color_crop_cutout_flip_scale_rotate``), as DSA / DM's ``evaluate_synset``.
+  * The ``'dc'`` recipe: DC's ``get_daparam`` (:func:`kip._src.dc_augment.reference_strategy`):
+    ``crop_scale_rotate`` on MNIST, ``crop_noise`` for a batch-norm ConvNet, none otherwise;
+    with augmentation the run is 1,000 epochs (``main.py``) when ``preset_length`` (the
+    recipe was named ``'dc'`` and its ``epochs`` / ``steps`` not overridden).
+  * Other recipes (``'kip'``): none.
+
+  Any other ``augment_fn`` is returned unchanged with the recipe.
+
+  Returns:
+    ``(augment_fn, recipe, description)``, the description for reports (``'none'``,
+    ``'dsa'``, ``'dc:crop_scale_rotate'``, the string given, or ``'callable'``).
+  """
+  if not (isinstance(augment_fn, str) and augment_fn == "reference"):
+    if augment_fn is None:
+      return None, recipe, "none"
+    return augment_fn, recipe, augment_fn if isinstance(augment_fn, str) else "callable"
+  if recipe.augment:
+    return "dsa", recipe, "dsa"
+  if recipe.name != "dc":
+    return None, recipe, "none"
+  from kip._src import dc_augment
+  strategy = dc_augment.reference_strategy(getattr(dataset, "name", ""), model)
+  if strategy == "none":
+    return None, recipe, "none"
+  if preset_length:
+    recipe = recipe.replace(epochs=dc_augment.REFERENCE_AUGMENT_EPOCHS, steps=None)
+  logger.info("DC reference evaluation augmentation %r (%s epochs) for %s.", strategy,
+              recipe.epochs, getattr(dataset, "name", "this data set"))
+  return f"dc:{strategy}", recipe, f"dc:{strategy}"
 
 
 def _check_augment(recipe: Recipe, augment_fn: AugmentFn | None) -> None:
   if recipe.augment and augment_fn is None:
     raise ValueError(f"recipe {recipe.name!r} has augment=True but no augment_fn was given; "
-                     f"pass augment_fn=(key, x) -> x (e.g. DSA) or use augment=False.")
+                     f"pass augment_fn=(key, x) -> x, 'dsa' or 'reference', or use "
+                     f"augment=False.")
   if augment_fn is not None and not callable(augment_fn):
     raise ValueError(f"augment_fn must be a callable (key, x) -> x; got {augment_fn!r}.")
 
@@ -433,6 +489,8 @@ class TransferResult:
     tuning: with ``evaluate(..., tune=...)``: the validation search (``validation_size``,
       ``lr_rule``, ``base_learning_rate``, every ``grid`` point with its ``val_accuracy``,
       the ``chosen`` point); ``None`` otherwise.
+    augment: the training-batch augmentation (``'none'``, ``'dsa'``, a DSA strategy,
+      ``'dc:crop_scale_rotate'``, ..., or ``'callable'``).
   """
   accuracies: tuple[float, ...]
   mean: float
@@ -445,6 +503,7 @@ class TransferResult:
   seed: int
   seconds: float
   tuning: dict[str, Any] | None = None
+  augment: str = "none"
 
   @property
   def restarts(self) -> int:
@@ -466,6 +525,8 @@ class TransferResult:
       out += (f" [tuned on {self.tuning['validation_size']} validation images: lr "
               f"{c['learning_rate']:.4g} = {c['lr_factor']:g} x {self.tuning['lr_rule']} lr, "
               f"L2 {c['weight_decay']:g}]")
+    if self.augment != "none":
+      out += f" [augment {self.augment}]"
     return out
 
 
@@ -497,6 +558,11 @@ def _resolve_recipe(recipe: str | Recipe, overrides: dict[str, Any] | None) -> R
     return recipes_lib.apply_overrides(recipe, overrides or {})
   raise ValueError(f"recipe must be a preset name {list(recipes_lib.RECIPE_NAMES)} or a "
                    f"Recipe; got {recipe!r}.")
+
+
+def _preset_length(recipe: str | Recipe, overrides: dict[str, Any] | None) -> bool:
+  """A recipe named by preset whose length (``epochs`` / ``steps``) was not overridden."""
+  return isinstance(recipe, str) and not ({"epochs", "steps"} & set(overrides or {}))
 
 
 def _check_restarts(restarts: Any) -> int:
@@ -561,8 +627,10 @@ def _group_size(vmap_restarts: Any, restarts: int, model: nn.Module,
 def _run_protocol(*, images: np.ndarray, targets: np.ndarray, per_restart_data: bool,
                   dataset: Any, model: nn.Module, model_name: str, recipe: Recipe,
                   restarts: int, seed: int, augment_fn: AugmentFn | str | None,
-                  vmap_restarts: Any, progress: bool,
+                  vmap_restarts: Any, progress: bool, augment_name: str | None = None,
                   eval_batch_size: int = 1000) -> TransferResult:
+  if augment_name is None:
+    augment_name = reference_augment(augment_fn, recipe, dataset, model)[2]
   augment_fn = resolve_augment(augment_fn)
   _check_augment(recipe, augment_fn)
   start = time.perf_counter()
@@ -594,7 +662,7 @@ def _run_protocol(*, images: np.ndarray, targets: np.ndarray, per_restart_data: 
       accuracies=tuple(accuracies), mean=float(accs.mean()), std=float(accs.std()),
       model=model_name, model_config=_model_config(model), recipe=recipe.to_dict(),
       num_images=int(n), dataset=str(getattr(dataset, "name", "")), seed=int(seed),
-      seconds=time.perf_counter() - start)
+      seconds=time.perf_counter() - start, augment=augment_name)
   logger.info("%s on %s, %d images, %s/%s: %s", model_name, result.dataset, n, model_name,
               recipe.name, result)
   return result
@@ -614,7 +682,8 @@ def _prepare(dataset: Any, num_classes: int | None, model: str | nn.Module,
 
 def evaluate(distilled: DistilledSet | tuple[Any, Any], dataset: Any, *,
              model: str | nn.Module = "convnet", recipe: str | Recipe = "dc", restarts: int = 10,
-             seed: int = 0, augment_fn: AugmentFn | None = None, num_classes: int | None = None,
+             seed: int = 0, augment_fn: AugmentFn | str | None = "reference",
+             num_classes: int | None = None,
              model_kwargs: dict[str, Any] | None = None,
              recipe_overrides: dict[str, Any] | None = None, vmap_restarts: Any = "auto",
              progress: bool = True, tune: Any = None) -> TransferResult:
@@ -634,9 +703,13 @@ def evaluate(distilled: DistilledSet | tuple[Any, Any], dataset: Any, *,
     recipe: preset name (``'kip'``, ``'dc'``, ``'dsa'``) or a :class:`Recipe`.
     restarts: number of freshly initialised networks.
     seed: restart ``r`` uses ``jax.random.split(PRNGKey(seed), restarts)[r]``.
-    augment_fn: jax-traceable ``(key, x) -> x`` applied to each training batch, or a DSA
-      strategy string (``'dsa'``: all of DSA's groups; ``'crop_flip'``, ...): evaluation
-      augmentation for any set (DC-BENCH); required when the recipe has ``augment=True``.
+    augment_fn: ``'reference'`` (default: what the reference code evaluates this recipe with,
+      :func:`reference_augment`: DSA for ``'dsa'``, DC's ``crop_scale_rotate`` and 1,000
+      epochs for ``'dc'`` on MNIST, none on the other data sets and for ``'kip'``), a
+      jax-traceable ``(key, x) -> x`` applied to each training batch, a DSA strategy string
+      (``'dsa'``: all of DSA's groups; ``'crop_flip'``, ...: evaluation augmentation for any
+      set, DC-BENCH), ``'dc'`` / ``'dc:<groups>'`` (DC's augmentation), or ``None`` /
+      ``'none'`` (no augmentation; for ``'dc'`` on MNIST a deviation from the reference).
     num_classes: number of classes; defaults to (and must equal) ``dataset.num_classes``.
     model_kwargs: attribute overrides for a preset model (e.g. ``{'width': 256}``).
     recipe_overrides: field overrides for the recipe (e.g. ``{'steps': 1000}``).
@@ -664,6 +737,7 @@ def evaluate(distilled: DistilledSet | tuple[Any, Any], dataset: Any, *,
   else:
     raise ValueError(f"distilled must be a DistilledSet or an (images, labels) tuple; got "
                      f"{type(distilled).__name__}.")
+  recipe_arg = recipe
   restarts, k, model, name, recipe = _prepare(dataset, num_classes, model, model_kwargs,
                                               recipe, recipe_overrides, restarts)
   images = _as_images(images)
@@ -672,9 +746,12 @@ def evaluate(distilled: DistilledSet | tuple[Any, Any], dataset: Any, *,
                      f"{tuple(dataset.x_test.shape[1:])}.")
   labels = _as_labels(labels, images.shape[0], k)
   targets = training_targets(labels, recipe.loss, recipe.label_targets)
+  augment_fn, recipe, augment_name = reference_augment(
+      augment_fn, recipe, dataset, model, _preset_length(recipe_arg, recipe_overrides))
   run = functools.partial(_run_protocol, images=images, targets=targets, per_restart_data=False,
                           model=model, model_name=name, augment_fn=augment_fn,
-                          vmap_restarts=vmap_restarts, progress=progress)
+                          augment_name=augment_name, vmap_restarts=vmap_restarts,
+                          progress=progress)
   tune = tuning_lib.as_tune(tune)
   if tune is None:
     return run(dataset=dataset, recipe=recipe, restarts=restarts, seed=seed)
@@ -772,7 +849,7 @@ def _random_subset(key: jax.Array, y: np.ndarray, images_per_class: int,
 
 def evaluate_random(dataset: Any, images_per_class: int, *, model: str | nn.Module = "convnet",
                     recipe: str | Recipe = "dc", restarts: int = 10, seed: int = 0,
-                    augment_fn: AugmentFn | None = None,
+                    augment_fn: AugmentFn | str | None = "reference",
                     model_kwargs: dict[str, Any] | None = None,
                     recipe_overrides: dict[str, Any] | None = None,
                     vmap_restarts: Any = "auto", progress: bool = True) -> TransferResult:
@@ -786,8 +863,11 @@ def evaluate_random(dataset: Any, images_per_class: int, *, model: str | nn.Modu
   if isinstance(images_per_class, bool) or int(images_per_class) != images_per_class \
       or images_per_class < 1:
     raise ValueError(f"images_per_class must be a positive integer; got {images_per_class!r}.")
+  recipe_arg = recipe
   restarts, k, model, name, recipe = _prepare(dataset, None, model, model_kwargs, recipe,
                                               recipe_overrides, restarts)
+  augment_fn, recipe, augment_name = reference_augment(
+      augment_fn, recipe, dataset, model, _preset_length(recipe_arg, recipe_overrides))
   x = _as_images(dataset.x_train, "dataset.x_train")
   y = np.asarray(dataset.y_train)
   subset_keys = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(seed), 1), restarts)
@@ -799,4 +879,5 @@ def evaluate_random(dataset: Any, images_per_class: int, *, model: str | nn.Modu
                        per_restart_data=True,
                        dataset=dataset, model=model, model_name=name, recipe=recipe,
                        restarts=restarts, seed=seed, augment_fn=augment_fn,
-                       vmap_restarts=vmap_restarts, progress=progress)
+                       augment_name=augment_name, vmap_restarts=vmap_restarts,
+                       progress=progress)
