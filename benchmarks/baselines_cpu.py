@@ -48,9 +48,9 @@ def config(restarts: int = 5, train_steps: int = 2000) -> dict:
       "caption": (f"Finite network: FC (width 1024, 2 hidden layers), KIP recipe (MSE on the "
                   f"one-hot labels, SGD momentum 0.9, cosine), {train_steps} steps, {restarts} "
                   f"restarts (random real: a new subset per network); DD: "
-                  f"{base['methods']['dd']['distill']['steps']} outer steps on the FC "
-                  "network, evaluated with its learned step sizes. The published numbers "
-                  "beside them are ConvNet-3 numbers (no FC numbers are published for "
+                  f"{base['methods']['dd']['distill']['steps']} outer steps (otherwise the "
+                  "reference defaults of kip.baselines.dd) on the FC network, evaluated with "
+                  "its learned step sizes. The published numbers beside them are ConvNet-3 numbers (no FC numbers are published for "
                   "Fashion-MNIST); DD has none."),
       "methods": methods}
 
