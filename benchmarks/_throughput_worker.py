@@ -1,7 +1,8 @@
 """Times one ConvNet NTK implementation on fixed inputs; prints one JSON line.
 
-Run by kernel_throughput.py in the right environment: ``ours`` (kip, ``--path fused`` or
-``reference``) in the main venv, ``nt`` (neural-tangents 0.6.5) in the pinned venv. Inputs come
+Run by kernel_throughput.py in the right environment: ``ours`` (kip, ``--path banded``: the
+CPU default, fused first block and the rest on the band of pixel pairs that reaches the readout;
+``fused``: the fused first block, the rest dense; ``reference``: layer by layer) in the main venv, ``nt`` (neural-tangents 0.6.5) in the pinned venv. Inputs come
 from a shared .npz so all time exactly the same arrays. ``--arch convnet3`` is
 ``3 x [Conv, ReLU, AvgPool]``; ``kip4`` adds the leading ``Conv, ReLU`` of the released KIP code
 (``convnet(depth=3, prepend_conv=True)``). ``--parts`` times the pieces of the fused path instead.
@@ -27,7 +28,8 @@ def build(impl, arch, budget, path="fused"):
       layers += [conv(), stax.Relu(), stax.AvgPool((2, 2), strides=(2, 2))]
     return stax.serial(*layers, stax.Flatten(), stax.Dense(1, 2 ** 0.5, 0.1))[2]
   from kip import kernels
-  return kernels.convnet(3, prepend_conv=prepend, memory_budget=budget, fused=path == "fused")
+  return kernels.convnet(3, prepend_conv=prepend, memory_budget=budget,
+                         fused=path in ("fused", "banded"), banded=path == "banded")
 
 
 def best_time(fn, args, repeats):
@@ -42,7 +44,7 @@ def best_time(fn, args, repeats):
 
 def parts(x1, x2, repeats):
   """Pairs/s of the fused path's pieces: the patch GEMM alone, the ReLU map alone, the fused
-  first block, and the layers after it (forward; ConvNet-3)."""
+  first block, and the layers after it, dense and banded (forward; ConvNet-3)."""
   from kip._src.kernels import fused as F
   from kip._src.kernels import layers as L
   pairs = x1.shape[0] * x2.shape[0]
@@ -63,10 +65,17 @@ def parts(x1, x2, repeats):
   rest = L.serial(*[L.Conv(1, (3, 3), 2 ** 0.5, 0.1), L.Relu(), L.AvgPool(2, 2)] * 2, L.Flatten(),
                   L.Dense(1, 2 ** 0.5, 0.1))
   later = jax.jit(lambda k: rest.kernel_fn(k).ntk)
+  from kip._src.kernels import banded as B
+  tail = rest.kernel_fn.layers
+  plan = B.plan(tail)
+  readout = tail[plan.stop + 1:]
+  later_banded = jax.jit(lambda k: L.serial(*readout).kernel_fn(
+      B.through_flatten(tail, plan, k)).ntk)
   out = {"gemm_alone": pairs / best_time(gemm, (q1, q2), repeats),
          "map_alone": pairs / (tiles * best_time(jax.jit(relu_map), (c,), repeats)),
          "first_block_fused": pairs / best_time(block, (x1, x2), repeats),
-         "later_layers": pairs / best_time(later, (k0,), repeats)}
+         "later_layers": pairs / best_time(later, (k0,), repeats),
+         "later_layers_banded": pairs / best_time(later_banded, (k0,), repeats)}
   return {k + "_pairs_per_s": v for k, v in out.items()}
 
 
@@ -75,7 +84,7 @@ def main():
   p.add_argument("impl", choices=["ours", "nt"])
   p.add_argument("inputs")
   p.add_argument("--arch", default="convnet3", choices=["convnet3", "kip4"])
-  p.add_argument("--path", default="fused", choices=["fused", "reference"])
+  p.add_argument("--path", default="banded", choices=["banded", "fused", "reference"])
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--budget", type=int, default=2 * 1024 ** 3)
   p.add_argument("--memory-only", default=None, help="n1,n2: compile the gradient, report temp")

@@ -5,13 +5,15 @@ its own JSON under ``OUT`` as soon as it is done (``throughput.json``, ``kip_con
 ``kip_rf.json``, ``summary.json``), so a run cut short still leaves what it measured. A part
 that fails records its error and the next part runs.
 
-1. **Throughput**: the exact ConvNet-3 NTK and the 4-conv KIP ConvNet NTK on 28x28x1 inputs,
-   ConvNet-3 on the engine's XLA path (``fused=False``) and the fused first block (``fused=True``;
-   the 4-conv network has no fusable first block, so it runs the XLA path only), forward and
-   forward + gradient w.r.t. ``x1``, pairs/s (best of ``--repeats`` after a compile), peak device
-   memory where the backend reports it, and the largest relative difference between the paths.
-2. **KIP, exact ConvNet-3 kernel**, IPC 1 and 10, each time-boxed (``--kip-seconds``), KRR on
-   the first ``--num-test`` test images with the same kernel.
+1. **Throughput**: the exact ConvNet-3 NTK and the 4-conv KIP ConvNet NTK on 28x28x1 inputs on
+   each path of the engine: ``xla`` (layer by layer, ``fused=False, banded=False``), ``fused``
+   (the fused first block, ConvNet-3 only: the 4-conv network has no fusable first block) and
+   ``banded`` (``fused=True, banded=True``: the pixel pairs that reach the Flatten readout only;
+   the 4-conv network forms its band from the inputs), forward and forward + gradient w.r.t.
+   ``x1``, pairs/s (best of ``--repeats`` after a compile), peak device memory where the
+   backend reports it, and the largest relative difference of each path to ``xla``.
+2. **KIP, exact ConvNet-3 kernel** on the banded path, IPC 1 and 10, each time-boxed
+   (``--kip-seconds``), KRR on the first ``--num-test`` test images with the same kernel.
 3. **KIP, random-feature kernel** (``convnet_rf``), IPC 10, time-boxed, KRR with 8 fixed
    networks.
 
@@ -58,30 +60,35 @@ def _best(fn, repeats):
   return best
 
 
+PATHS = {"xla": dict(fused=False, banded=False), "fused": dict(fused=True, banded=False),
+         "banded": dict(fused=True, banded=True)}
+
+
 def throughput(n1: int, n2: int, size: int, repeats: int, depth: int = 3) -> dict:
-  """Pairs/s (NTK) of ConvNet-3 on both paths and of the 4-conv ConvNet; ``depth`` blocks."""
+  """Pairs/s (NTK) of ConvNet-3 and the 4-conv ConvNet on each path; ``depth`` blocks."""
   rng = np.random.default_rng(0)
   x1 = jnp.asarray(rng.normal(size=(n1, size, size, 1)), jnp.float32)
   x2 = jnp.asarray(rng.normal(size=(n2, size, size, 1)), jnp.float32)
   out = {"n1": n1, "n2": n2, "image": [size, size, 1], "depth": depth, "rows": []}
   # The fused pass applies to a leading Conv -> ReLU -> AvgPool block; the 4-conv network starts
-  # Conv -> ReLU -> Conv, so its fused=True kernel is the XLA path and is not timed twice.
-  for name, prepend, paths in (("convnet3", False, (False, True)), ("convnet4", True, (False,))):
+  # Conv -> ReLU -> Conv, so its fused kernel is the XLA path and is not timed twice.
+  for name, prepend, paths in (("convnet3", False, ("xla", "fused", "banded")),
+                               ("convnet4", True, ("xla", "banded"))):
     values = {}
-    for fused in paths:
-      k = kip.kernels.convnet(depth=depth, prepend_conv=prepend, fused=fused)
+    for path in paths:
+      k = kip.kernels.convnet(depth=depth, prepend_conv=prepend, **PATHS[path])
       fwd = jax.jit(lambda a, b, k=k: k(a, b, "ntk"))
       grad = jax.jit(jax.grad(lambda a, b, k=k: jnp.sum(k(a, b, "ntk"))))
       t_fwd = _best(lambda: fwd(x1, x2), repeats)
       t_grad = _best(lambda: grad(x1, x2), repeats)
-      values[fused] = np.asarray(fwd(x1, x2), np.float64)
-      out["rows"].append({"network": name, "fused": fused,
+      values[path] = np.asarray(fwd(x1, x2), np.float64)
+      out["rows"].append({"network": name, "path": path,
                           "forward_pairs_per_s": n1 * n2 / t_fwd,
                           "grad_pairs_per_s": n1 * n2 / t_grad,
                           "peak_device_bytes": _peak_bytes()})
-    if True in values:
-      diff = np.abs(values[True] - values[False]) / np.maximum(np.abs(values[False]), 1e-30)
-      out[f"{name}_max_rel_diff_fused_vs_xla"] = float(diff.max())
+    for path in paths[1:]:
+      diff = np.abs(values[path] - values["xla"]) / np.maximum(np.abs(values["xla"]), 1e-30)
+      out[f"{name}_max_rel_diff_{path}_vs_xla"] = float(diff.max())
   return out
 
 
@@ -142,7 +149,7 @@ def main(argv=None):
     n1, n2 = (int(v) for v in a.block.split(","))
     size, seconds, rf_seconds, depth = 28, a.kip_seconds, a.rf_seconds, 3
   part("throughput", lambda: throughput(n1, n2, size, 1 if a.tiny else a.repeats, depth))
-  exact = kip.kernels.convnet(depth=depth)
+  exact = kip.kernels.convnet(depth=depth, **PATHS["banded"])
   part("kip_convnet", lambda: kip_run(ds, exact, exact, (1, 10) if not a.tiny else (1,), seconds,
                                       a.num_test, a.targets, "ntk"))
   width = 8 if a.tiny else 256

@@ -70,15 +70,21 @@ def test_convnet_matches_neural_tangents(depth, size, channels, W_std, b_std, sa
   assert rel_err(ref.ntk, ours.ntk) < 1e-5
 
 
-@pytest.mark.parametrize("fused", [True, False])
+PATHS = {"fused+banded": dict(fused=True, banded=True), "banded": dict(fused=False, banded=True),
+         "fused": dict(fused=True, banded=False), "reference": dict(fused=False, banded=False)}
+
+
+@pytest.mark.parametrize("path", sorted(PATHS))
 @pytest.mark.parametrize("depth,size,channels,same", [(1, 8, 1, False), (3, 28, 1, True),
                                                       (2, 12, 3, False)])
-def test_fused_and_reference_paths_match_neural_tangents(depth, size, channels, same, fused):
+def test_fused_banded_and_reference_paths_match_neural_tangents(depth, size, channels, same,
+                                                                path):
   x1, x2 = _inputs((size, size, channels), 2, 3, same, seed=11)
   ref = nt_convnet(depth, SQ2, 0.1)(x1, x2, ("nngp", "ntk"))
-  ours = kk.convnet(depth, SQ2, 0.1, fused=fused)(x1, x2, ("nngp", "ntk"))
-  assert rel_err(ref.nngp, ours.nngp) < 1e-5
-  assert rel_err(ref.ntk, ours.ntk) < 1e-5
+  ours = kk.convnet(depth, SQ2, 0.1, **PATHS[path])(x1, x2, ("nngp", "ntk"))
+  assert ours.ntk.dtype == jnp.float64
+  assert rel_err(ref.nngp, ours.nngp) < 1e-12
+  assert rel_err(ref.ntk, ours.ntk) < 1e-12
 
 
 @pytest.mark.parametrize("variant", ["prepend", "filter5", "gap", "erf", "abs", "nobias"])

@@ -92,6 +92,11 @@ class KernelFn:
       (:mod:`kip._src.kernels.fused`; same kernel to float rounding). ``True``: wherever the
       network starts so; ``False``: always the layer-by-layer reference path; ``None``
       (default): fused on CPU devices, where it was measured to be faster, reference elsewhere.
+    banded: compute a network whose spatial part (``Conv``, ``ABRelu``, ``AvgPool``, ``Dense``)
+      ends in ``Flatten`` on the band of pixel pairs that reaches the readout
+      (:mod:`kip._src.kernels.banded`; same kernel to float rounding, a fraction of the
+      covariance entries); it takes precedence over ``fused`` where both apply. ``None``
+      (default): follow ``fused`` (so ``fused=False`` is the plain reference path).
   """
   layer: L.Layer
   spec: Mapping[str, Any]
@@ -99,6 +104,7 @@ class KernelFn:
   memory_budget: int = DEFAULT_MEMORY_BUDGET
   devices: Optional[tuple[Any, ...]] = None
   fused: Optional[bool] = None
+  banded: Optional[bool] = None
 
   def replace(self, **changes) -> "KernelFn":
     return dataclasses.replace(self, **changes)
@@ -109,7 +115,19 @@ class KernelFn:
     if self.flatten_inputs or len(input_shape) == 1:
       return itemsize * _ARRAYS_PER_ENTRY
     h, w = input_shape[0], input_shape[1]
+    band = self._band()
+    if band is not None:  # (H W) positions x (2 B_h + 1)(2 B_w + 1) partners
+      return itemsize * _ARRAYS_PER_ENTRY * h * w * min(2 * band[0] + 1, 2 * h) * min(
+          2 * band[1] + 1, 2 * w)
     return itemsize * _ARRAYS_PER_ENTRY * (h * w) ** 2
+
+  def _band(self) -> Optional[tuple[int, int]]:
+    """The input band of the banded path, when it is used (else ``None``)."""
+    layers = getattr(self.layer.kernel_fn, "layers", None)
+    if not self.uses_banded() or layers is None:
+      return None
+    from kip._src.kernels import banded  # noqa: PLC0415
+    return banded.first_band(layers)
 
   def block_shape(self, n1: int, n2: int, input_shape: Sequence[int],
                   itemsize: int = 4) -> tuple[int, int]:
@@ -161,10 +179,16 @@ class KernelFn:
       return bool(self.fused)
     return self._devices()[0].platform == "cpu"
 
+  def uses_banded(self) -> bool:
+    """Whether a ``Flatten``-terminated network takes the banded path (see ``banded``)."""
+    if self.banded is not None:
+      return bool(self.banded)
+    return self.uses_fused()
+
   def _evaluate(self, x1, x2, compute_ntk):
     devices = self._devices()
     n1, n2 = x1.shape[0], x2.shape[0]
-    fuse = self.uses_fused()
+    fuse = (self.uses_fused(), self.uses_banded())
     if len(devices) == 1 or n2 < len(devices):
       return _blocked(self.layer.kernel_fn, x1, x2, compute_ntk,
                       self.block_shape(n1, n2, x1.shape[1:], x1.dtype.itemsize), fuse)
@@ -184,14 +208,18 @@ class KernelFn:
     return out[0][:, :n2], out[1][:, :n2] if compute_ntk else None
 
 
-def _blocked(kernel_fn, x1, x2, compute_ntk, block, fuse=False):
-  """Evaluates ``kernel_fn`` over ``(b1, b2)`` blocks with rematerialisation."""
+def _blocked(kernel_fn, x1, x2, compute_ntk, block, fuse=(False, False)):
+  """Evaluates ``kernel_fn`` over ``(b1, b2)`` blocks with rematerialisation.
+
+  ``fuse = (fused, banded)``: the accelerated paths :func:`~kip._src.kernels.layers.lazy_input`
+  may take.
+  """
   n1, n2 = x1.shape[0], x2.shape[0]
   b1, b2 = block
 
   @jax.checkpoint
   def one(xa, xb):
-    k = L.materialize(kernel_fn(L.lazy_input(xa, xb, compute_ntk, fuse)))
+    k = L.materialize(kernel_fn(L.lazy_input(xa, xb, compute_ntk, *fuse)))
     if k.nngp.ndim != 2:
       raise ValueError("the network's output is still spatial: end it with Flatten() or "
                        "GlobalAvgPool() (and a Dense readout).")
@@ -218,12 +246,15 @@ def kernel_function(layer: L.Layer, *, spec: Optional[Mapping[str, Any]] = None,
                     flatten_inputs: bool = False,
                     memory_budget: int = DEFAULT_MEMORY_BUDGET,
                     devices: Optional[Sequence[Any]] = None,
-                    fused: Optional[bool] = None) -> KernelFn:
+                    fused: Optional[bool] = None,
+                    banded: Optional[bool] = None) -> KernelFn:
   """Wraps a layer (e.g. ``serial(Conv(...), Relu(), ...)``) as a blocked ``kernel_fn``.
 
-  ``fused`` selects the fused first block (see :class:`KernelFn`); ``None``: on CPU.
+  ``fused`` selects the fused first block and ``banded`` the banded path (see
+  :class:`KernelFn`); ``None``: on CPU.
   """
   return KernelFn(layer=layer, spec=dict(spec or {"architecture": "custom"}),
                   flatten_inputs=flatten_inputs, memory_budget=int(memory_budget),
                   devices=None if devices is None else tuple(devices),
-                  fused=None if fused is None else bool(fused))
+                  fused=None if fused is None else bool(fused),
+                  banded=None if banded is None else bool(banded))

@@ -55,7 +55,9 @@ class Kernel:
   ``S = (H1, W1, H2, W2)`` for spatial activations (``H1 == H2``, ``W1 == W2``), ``()`` after
   flattening. The lazy input state (:func:`lazy_input`) holds ``x1`` ``(b1, H, W, C)`` and
   ``x2`` ``(b2, H, W, C)`` instead, and ``fuse`` (static) lets :func:`serial` compute a leading
-  ``Conv -> ABRelu -> AvgPool`` block with :mod:`kip._src.kernels.fused`.
+  ``Conv -> ABRelu -> AvgPool`` block with :mod:`kip._src.kernels.fused`; ``banded`` (static)
+  lets it compute a chain ending in ``Flatten`` on the band of pixel pairs that reaches the
+  readout (:mod:`kip._src.kernels.banded`).
   """
   nngp: Optional[jax.Array]
   ntk: Optional[jax.Array]
@@ -64,6 +66,7 @@ class Kernel:
   x1: Optional[jax.Array] = None
   x2: Optional[jax.Array] = None
   fuse: bool = dataclasses.field(default=False, metadata=dict(static=True))
+  banded: bool = dataclasses.field(default=False, metadata=dict(static=True))
 
   @property
   def is_input(self) -> bool:
@@ -98,19 +101,23 @@ def _map_all(k: Kernel, fn: Callable[[jax.Array], jax.Array]) -> Kernel:
                    cov1=fn(k.cov1), cov2=fn(k.cov2))
 
 
-def lazy_input(x1: jax.Array, x2: jax.Array, compute_ntk: bool, fuse: bool = False) -> Kernel:
+def lazy_input(x1: jax.Array, x2: jax.Array, compute_ntk: bool, fuse: bool = False,
+               banded: bool = False) -> Kernel:
   """The input state without its covariances, so the first layer can form them cheaply.
 
   A first :func:`Conv` then computes its output covariance directly from patch inner products
   instead of convolving the ``(H W)^2`` input covariance. With ``fuse=True``, :func:`serial`
   computes a leading ``Conv -> ABRelu -> AvgPool(window, stride=window)`` in one tiled pass
   (:func:`kip._src.kernels.fused.conv_abrelu_pool_on_inputs`) that never holds the full-resolution
-  covariance; the result is the same to float rounding.
+  covariance; the result is the same to float rounding. With ``banded=True``, a chain of
+  ``Conv``, ``ABRelu``, ``AvgPool`` and ``Dense`` ending in ``Flatten`` is computed on the band of
+  pixel pairs that reaches the readout (:mod:`kip._src.kernels.banded`; same kernel to float
+  rounding), which takes precedence over ``fuse``.
   """
   if x1.ndim not in (2, 4):
     raise ValueError(f"inputs must be (n, D) or (n, H, W, C); got shape {x1.shape}.")
   return Kernel(nngp=None, ntk=jnp.zeros((), x1.dtype) if compute_ntk else None, cov1=None,
-                cov2=None, x1=x1, x2=x2, fuse=bool(fuse))
+                cov2=None, x1=x1, x2=x2, fuse=bool(fuse), banded=bool(banded))
 
 
 def _tag(kernel_fn: Callable, kind: str, **hparams) -> Callable:
@@ -188,16 +195,24 @@ def serial(*layers: Layer) -> Layer:
 
   def kernel_fn(k: Kernel) -> Kernel:
     start = 0
+    the_plan = None
+    if k.is_input and k.banded and k.is_spatial:
+      from kip._src.kernels import banded  # noqa: PLC0415  (banded imports this module)
+      the_plan = banded.plan(layers)
     if k.is_input and k.fuse and k.is_spatial:
       block = _fusable_prefix(layers)
       if block is not None:
         from kip._src.kernels import fused  # noqa: PLC0415  (fused imports this module)
         k = fused.conv_abrelu_pool_on_inputs(k.x1, k.x2, k.ntk is not None, **block)
         start = 3
+    if the_plan is not None:  # the rest of the spatial part on its band
+      k = banded.through_flatten(layers, the_plan, k, start)
+      start = the_plan.stop + 1
     for f in kernel_fns[start:]:
       k = f(k)
     return k
 
+  kernel_fn.layers = tuple(layers)  # read by the engine to size banded blocks
   return Layer(init_fn, apply_fn, kernel_fn)
 
 
@@ -243,6 +258,7 @@ def Dense(out_dim: int, W_std: float = 1.0, b_std: Optional[float] = 0.0) -> Lay
   def kernel_fn(k):
     return _affine(k, lambda a: a, W_std, b_std)
 
+  _tag(kernel_fn, "dense", W_std=float(W_std), b_std=None if b_std is None else float(b_std))
   return Layer(init_fn, apply_fn, kernel_fn)
 
 
@@ -428,6 +444,7 @@ def Flatten() -> Layer:
       return input_kernel(b(k.x1), b(k.x2), k.ntk is not None)
     return _map_all(k, _spatial_diag_mean) if k.is_spatial else materialize(k)
 
+  _tag(kernel_fn, "flatten")
   return Layer(init_fn, apply_fn, kernel_fn)
 
 
@@ -540,6 +557,20 @@ def _elementwise(k: Kernel, fn) -> Kernel:
   return Kernel(nngp=nngp, ntk=None if k.ntk is None else k.ntk * dot, cov1=cov1, cov2=cov2)
 
 
+def abrelu_fn(cov: jax.Array, prod: jax.Array, want_dot: bool, a: float, b: float):
+  """ABReLU's ``(K', Kdot or None)`` from covariances ``cov`` and variance products ``prod``.
+
+  Entries with ``prod == 0`` (a zero-variance pixel, or a partner outside the image in the
+  banded layout of :mod:`kip._src.kernels.banded`) map to ``K' = 0``.
+  """
+  pos = prod > 0
+  norm = jnp.sqrt(jnp.where(pos, prod, 1.0))
+  c = jnp.clip(cov / norm, -1.0, 1.0)
+  j, d = _abrelu_maps(c, a, b)
+  nngp = jnp.where(pos, norm * j, 0.0) / (2 * jnp.pi)
+  return nngp, (d / (2 * jnp.pi) if want_dot else None)
+
+
 def ABRelu(a: float, b: float) -> Layer:
   r"""``phi(x) = a min(x, 0) + b max(x, 0)`` (ReLU: ``a=0, b=1``; abs: ``a=-1, b=1``).
 
@@ -554,12 +585,7 @@ def ABRelu(a: float, b: float) -> Layer:
   a, b = float(a), float(b)
 
   def fn(cov, prod, want_dot):
-    pos = prod > 0
-    norm = jnp.sqrt(jnp.where(pos, prod, 1.0))
-    c = jnp.clip(cov / norm, -1.0, 1.0)
-    j, d = _abrelu_maps(c, a, b)
-    nngp = jnp.where(pos, norm * j, 0.0) / (2 * jnp.pi)
-    return nngp, (d / (2 * jnp.pi) if want_dot else None)
+    return abrelu_fn(cov, prod, want_dot, a, b)
 
   def init_fn(key, input_shape):
     return tuple(input_shape), ()

@@ -57,7 +57,8 @@ def convnet(depth: int = 3, W_std: float = math.sqrt(2.0), b_std: Optional[float
             readout: str = "flatten", width: int = 128,
             memory_budget: int = engine.DEFAULT_MEMORY_BUDGET,
             devices: Optional[Sequence[Any]] = None,
-            fused: Optional[bool] = None) -> engine.KernelFn:
+            fused: Optional[bool] = None,
+            banded: Optional[bool] = None) -> engine.KernelFn:
   """The KIP ConvNet kernel: ``depth x [Conv 3x3 SAME, ReLU, AvgPool 2x2]``, Flatten, Dense.
 
   ``prepend_conv=True`` gives the variant of the released KIP code, with one more
@@ -78,6 +79,10 @@ def convnet(depth: int = 3, W_std: float = math.sqrt(2.0), b_std: Optional[float
     fused: compute the first ``Conv, ReLU, AvgPool`` block in one tiled pass (same kernel to
       float rounding, see :class:`KernelFn`); ``None``: fused on CPU. With ``prepend_conv`` the
       network does not start with that block and the flag has no effect.
+    banded: with ``readout='flatten'``, compute the network on the band of pixel pairs that
+      reaches the readout (:mod:`kip._src.kernels.banded`; same kernel to float rounding,
+      a fraction of the work; see :class:`KernelFn`); it takes precedence over ``fused``.
+      ``None``: follow ``fused``.
   """
   if depth < 1:
     raise ValueError(f"depth={depth} must be >= 1.")
@@ -92,7 +97,7 @@ def convnet(depth: int = 3, W_std: float = math.sqrt(2.0), b_std: Optional[float
           "activation": activation, "prepend_conv": prepend_conv, "filter_size": filter_size,
           "readout": readout}
   return engine.kernel_function(L.serial(*layers), spec=spec, memory_budget=memory_budget,
-                                devices=devices, fused=fused)
+                                devices=devices, fused=fused, banded=banded)
 
 
 def convnet_rf(depth: int = 3, W_std: float = math.sqrt(2.0), b_std: Optional[float] = 0.1,
