@@ -126,7 +126,8 @@ def test_gradient_matches_finite_differences():
 def test_blocked_equals_unblocked_values_and_gradients():
   x1, x2 = _x((8, 8, 1), 7, 0), _x((8, 8, 1), 5, 1)
   big = kk.convnet(1)
-  small = kk.convnet(1, memory_budget=3 * 2 ** 19)  # 1.5 MB: 7 x 5 pairs in ragged 2 x 2 blocks
+  # A budget of 9 pairs (whatever the path's bytes per pair): 7 x 5 pairs in ragged 2 x 2 blocks.
+  small = big.replace(memory_budget=9 * big.bytes_per_pair((8, 8, 1)))
   assert small.block_shape(7, 5, (8, 8, 1)) == (2, 2)
   a, b = big(x1, x2, ("nngp", "ntk")), small(x1, x2, ("nngp", "ntk"))
   np.testing.assert_allclose(a.ntk, b.ntk, rtol=1e-5)
