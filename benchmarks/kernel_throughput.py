@@ -181,7 +181,8 @@ def render(result) -> dict:
              "reference = layer by layer (XLA path). The 4-conv network starts Conv, ReLU, Conv, "
              "so its fused path is the reference path and its banded path starts from the "
              "inputs.")
-  return {"title": "ConvNet kernel throughput: banded vs fused vs XLA path vs neural-tangents",
+  return {"title": (f"ConvNet kernel throughput, {result['n1']} x {result['n2']} block: banded vs "
+                    "fused vs XLA path vs neural-tangents"),
           "caption": caption, "table": table}
 
 

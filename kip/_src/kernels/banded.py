@@ -219,23 +219,28 @@ def _abrelu(k: _Band, a: float, b: float) -> _Band:
   return _Band(nngp, None if k.ntk is None else k.ntk * dot, cov1, cov2, k.band)
 
 
+def _skew(t: jax.Array, b: int) -> jax.Array:
+  """``t (..., n, n)`` -> ``(..., n, 2 b + 1)`` with ``[..., i, e] = t[..., i, i + e - b]``, 0
+  outside; by padding and reshaping only, so its transpose (the gradient) is as cheap."""
+  n = t.shape[-1]
+  lead = t.shape[:-2]
+  tp = jnp.pad(t, [(0, 0)] * len(lead) + [(0, 0), (b, b)])        # (..., n, n + 2b)
+  flat = jnp.pad(tp.reshape(lead + (n * (n + 2 * b),)), [(0, 0)] * len(lead) + [(0, n)])
+  return flat.reshape(lead + (n, n + 2 * b + 1))[..., :2 * b + 1]
+
+
 def _from_dense(k: L.Kernel, band) -> _Band:
   """The band of a dense spatial state (``S = (H, W, H, W)``), e.g. after the fused block."""
-  h, w = k.cov1.shape[-4], k.cov1.shape[-3]
   bh, bw = band
-  i = np.arange(h)[:, None, None, None]
-  j = np.arange(w)[None, :, None, None]
-  pi = i + np.arange(-bh, bh + 1)[None, None, :, None]
-  pj = j + np.arange(-bw, bw + 1)[None, None, None, :]
-  ok = (pi >= 0) & (pi < h) & (pj >= 0) & (pj < w)
-  flat = ((i * w + j) * h + np.clip(pi, 0, h - 1)) * w + np.clip(pj, 0, w - 1)
-  idx = jnp.asarray(np.where(ok, flat, 0).ravel(), jnp.int32)
-  mask = jnp.asarray(ok, k.cov1.dtype)
 
   def take(t):
-    lead = t.shape[:-4]
-    g = jnp.take(t.reshape(lead + (-1,)), idx, axis=-1)
-    return g.reshape(lead + mask.shape) * mask
+    lead = t.ndim - 4
+    a, b, c, d = (lead + i for i in range(4))  # H, W, H', W'
+    t = jnp.moveaxis(t, (a, c), (-2, -1))      # (..., W, W', H, H')
+    t = _skew(t, bh)                            # (..., W, W', H, Dh)
+    t = jnp.moveaxis(t, (-2, -1), (lead, lead + 1))  # (..., H, Dh, W, W')
+    t = _skew(t, bw)                            # (..., H, Dh, W, Dw)
+    return jnp.swapaxes(t, -3, -2)              # (..., H, W, Dh, Dw)
 
   return _Band(take(k.nngp), None if k.ntk is None else take(k.ntk), take(k.cov1),
                take(k.cov2), (bh, bw))
