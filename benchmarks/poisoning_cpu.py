@@ -112,6 +112,7 @@ def main(argv=None):
   poisoned.save(os.path.join(a.out, "poison.npz"))
   poisoned.grid(os.path.join(a.out, "poison.png"), class_names=ds.class_names)
   common.write_json(os.path.join(a.out, "poisoning_cpu.json"), {
+      "title": "DD data poisoning (CPU): the reference attack",
       "args": vars(a), "machine": common.machine(), "caption": caption, "verdict": verdict,
       "met": met, "attack_seconds": t_attack, "report_seconds": t_report,
       "before": vars(b), "after": vars(f), "other_points_lost": drop,
