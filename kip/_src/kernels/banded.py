@@ -36,10 +36,12 @@ variance of the partner pixel, laid out like the band):
 The result equals the layer-by-layer path of :mod:`kip._src.kernels.layers` (and
 neural-tangents) to float rounding; only the order of summation differs.
 
+With a fused first block (:mod:`kip._src.kernels.fused`, ``fused=True``) the band is taken from
+that block's pooled output and only the later layers run here.
+
 References:
   Novak et al., "Bayesian Deep Convolutional Networks with Many Channels are Gaussian
-  Processes", ICLR 2019 (the covariance recursion); Arora et al., "On Exact Computation with an
-  Infinitely Wide Neural Net", NeurIPS 2019 (CNTK with a local readout).
+  Processes", ICLR 2019 (the covariance recursion that is restricted here).
 """
 
 from __future__ import annotations

@@ -95,8 +95,9 @@ class KernelFn:
     banded: compute a network whose spatial part (``Conv``, ``ABRelu``, ``AvgPool``, ``Dense``)
       ends in ``Flatten`` on the band of pixel pairs that reaches the readout
       (:mod:`kip._src.kernels.banded`; same kernel to float rounding, a fraction of the
-      covariance entries); it takes precedence over ``fused`` where both apply. ``None``
-      (default): follow ``fused`` (so ``fused=False`` is the plain reference path).
+      covariance entries). With ``fused`` too, the first block is fused and the layers after
+      it run on the band. ``None`` (default): follow ``fused`` (so ``fused=False`` is the plain
+      reference path).
   """
   layer: L.Layer
   spec: Mapping[str, Any]

@@ -112,7 +112,7 @@ def lazy_input(x1: jax.Array, x2: jax.Array, compute_ntk: bool, fuse: bool = Fal
   covariance; the result is the same to float rounding. With ``banded=True``, a chain of
   ``Conv``, ``ABRelu``, ``AvgPool`` and ``Dense`` ending in ``Flatten`` is computed on the band of
   pixel pairs that reaches the readout (:mod:`kip._src.kernels.banded`; same kernel to float
-  rounding), which takes precedence over ``fuse``.
+  rounding): after the fused first block when ``fuse`` applies too, from the inputs otherwise.
   """
   if x1.ndim not in (2, 4):
     raise ValueError(f"inputs must be (n, D) or (n, H, W, C); got shape {x1.shape}.")

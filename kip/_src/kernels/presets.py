@@ -81,8 +81,8 @@ def convnet(depth: int = 3, W_std: float = math.sqrt(2.0), b_std: Optional[float
       network does not start with that block and the flag has no effect.
     banded: with ``readout='flatten'``, compute the network on the band of pixel pairs that
       reaches the readout (:mod:`kip._src.kernels.banded`; same kernel to float rounding,
-      a fraction of the work; see :class:`KernelFn`); it takes precedence over ``fused``.
-      ``None``: follow ``fused``.
+      a fraction of the work; see :class:`KernelFn`); with ``fused`` the first block is fused
+      and the rest banded. ``None``: follow ``fused``.
   """
   if depth < 1:
     raise ValueError(f"depth={depth} must be >= 1.")
