@@ -1,8 +1,6 @@
 """The banded ConvNet path (only the pixel pairs that reach a Flatten readout) against the
 layer-by-layer reference path."""
 
-import math
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,17 +9,7 @@ import pytest
 from kip import kernels as kk
 from kip._src.kernels import banded as B
 from kip._src.kernels import layers as L
-
-SQ2 = math.sqrt(2.0)
-
-
-def _x(shape, n, seed, dtype=jnp.float32):
-  return jnp.asarray(np.random.default_rng(seed).normal(size=(n,) + shape), dtype)
-
-
-def _rel(a, b):
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return float(np.abs(a - b).max() / np.abs(b).max())
+from kernel_helpers import images as _x, rel_err as _rel
 
 
 def test_plan_bands_of_convnet3_on_28x28():

@@ -11,17 +11,9 @@ import pytest
 from kip import kernels as kk
 from kip._src.kernels import fused as F
 from kip._src.kernels import layers as L
+from kernel_helpers import images as _x, rel_err as _rel
 
 SQ2 = math.sqrt(2.0)
-
-
-def _x(shape, n, seed, dtype=jnp.float32):
-  return jnp.asarray(np.random.default_rng(seed).normal(size=(n,) + shape), dtype)
-
-
-def _rel(a, b):
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return float(np.abs(a - b).max() / np.abs(b).max())
 
 
 @pytest.mark.parametrize("size,channels,depth,prepend", [

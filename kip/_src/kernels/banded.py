@@ -201,11 +201,9 @@ def _input(x1: jax.Array, x2: jax.Array, compute_ntk: bool, band) -> _Band:
 
 
 def _affine(k: _Band, linear, W_std: float, b_std: Optional[float]) -> _Band:
-  b2 = 0.0 if b_std is None else b_std ** 2
-  w2 = W_std ** 2
-  nngp = w2 * linear(k.nngp) + b2
-  ntk = None if k.ntk is None else w2 * linear(k.ntk) + nngp
-  return _Band(nngp, ntk, w2 * linear(k.cov1) + b2, w2 * linear(k.cov2) + b2, k.band).masked()
+  """The affine layer of :mod:`~kip._src.kernels.layers` on the band (bias masked outside)."""
+  return _Band(*L.affine_fields(k.nngp, k.ntk, k.cov1, k.cov2, linear, W_std, b_std),
+               k.band).masked()
 
 
 def _abrelu(k: _Band, a: float, b: float) -> _Band:
@@ -281,10 +279,7 @@ def through_flatten(layers: Sequence[L.Layer], the_plan: Plan, k: L.Kernel,
       k = _abrelu(k, hp["a"], hp["b"])
     else:  # avgpool
       window, stride = hp["window"], hp["stride"]
-      size = min(k.cov1.shape[1:3])
-      if size < window:
-        raise ValueError(f"AvgPool({window}) on a spatial size {size} < {window}: the network "
-                         "is too deep for this image size (use fewer pooling layers).")
+      L.check_pool_size(min(k.cov1.shape[1:3]), window)
       band_out = the_plan.bands[i + 1]
       k = k.map(lambda t, bo=band_out: _pool(t, window, stride, k.band, bo), band_out).masked()
   bh, bw = k.band

@@ -247,9 +247,7 @@ def conv_abrelu_pool_on_inputs(x1: jax.Array, x2: jax.Array, compute_ntk: bool, 
   """
   fh, fw = filter_shape
   h, w = x1.shape[1], x1.shape[2]
-  if h < window or w < window:
-    raise ValueError(f"AvgPool({window}) on a spatial size {min(h, w)} < {window}: the network "
-                     "is too deep for this image size (use fewer pooling layers).")
+  L.check_pool_size(min(h, w), window)
   s2, m = a * a + b * b, (a - b) ** 2
   norm = 1.0 / (2 * jnp.pi * window ** 4)
   ho, wo = h // window, w // window

@@ -225,12 +225,17 @@ def _affine(k: Kernel, linear: Callable[[jax.Array], jax.Array], W_std: float,
      K' = W_{std}^2 \, A(K) + b_{std}^2, \qquad \Theta' = W_{std}^2 \, A(\Theta) + K'.
   """
   k = materialize(k)
+  return Kernel(*affine_fields(k.nngp, k.ntk, k.cov1, k.cov2, linear, W_std, b_std))
+
+
+def affine_fields(nngp, ntk, cov1, cov2, linear, W_std: float, b_std: Optional[float]):
+  """:func:`_affine` on the four fields, whatever their layout (dense or the banded layout of
+  :mod:`kip._src.kernels.banded`); returns ``(nngp, ntk, cov1, cov2)``."""
   b2 = 0.0 if b_std is None else b_std ** 2
   w2 = W_std ** 2
-  nngp = w2 * linear(k.nngp) + b2
-  ntk = None if k.ntk is None else w2 * linear(k.ntk) + nngp
-  return Kernel(nngp=nngp, ntk=ntk, cov1=w2 * linear(k.cov1) + b2,
-                cov2=w2 * linear(k.cov2) + b2)
+  nngp_out = w2 * linear(nngp) + b2
+  ntk_out = None if ntk is None else w2 * linear(ntk) + nngp_out
+  return nngp_out, ntk_out, w2 * linear(cov1) + b2, w2 * linear(cov2) + b2
 
 
 def Dense(out_dim: int, W_std: float = 1.0, b_std: Optional[float] = 0.0) -> Layer:
@@ -373,6 +378,13 @@ def _pool4(a: jax.Array, window: int, stride: int) -> jax.Array:
   return lax.reduce_window(a, 0.0, lax.add, dims, strides, "VALID") / window ** 4
 
 
+def check_pool_size(size: int, window: int) -> None:
+  """Raises the error of an ``AvgPool(window)`` on a spatial size below its window."""
+  if size < window:
+    raise ValueError(f"AvgPool({window}) on a spatial size {size} < {window}: the network is "
+                     "too deep for this image size (use fewer pooling layers).")
+
+
 def AvgPool(window: int = 2, stride: int = 1) -> Layer:
   r"""Average pooling, square ``window``, VALID padding.
 
@@ -393,9 +405,7 @@ def AvgPool(window: int = 2, stride: int = 1) -> Layer:
                      f"without overlap).")
 
   def out_size(s):
-    if s < window:
-      raise ValueError(f"AvgPool({window}) on a spatial size {s} < {window}: the network is "
-                       "too deep for this image size (use fewer pooling layers).")
+    check_pool_size(s, window)
     return (s - window) // stride + 1
 
   def init_fn(key, input_shape):
