@@ -257,3 +257,16 @@ def test_ctrl_c_stops_the_suite_cleanly(tmp_path, monkeypatch):
   assert e.value.code == 130
   summary = json.loads((tmp_path / "out" / "suite.json").read_text())
   assert summary["pending"] == ["kip_fc_ipc1", "random_ipc1"]
+
+
+def test_kernel_throughput_keeps_each_implementations_best_round():
+  from benchmarks import kernel_throughput as kt
+  rounds = [dict(impl="kip-banded", fwd_pairs_per_s=600.0, fwd_seconds=0.2,
+                 grad_pairs_per_s=330.0, grad_seconds=0.39, peak_rss_mb=640.0, kernel=[1.0]),
+            dict(impl="kip-banded", fwd_pairs_per_s=950.0, fwd_seconds=0.13,
+                 grad_pairs_per_s=300.0, grad_seconds=0.43, peak_rss_mb=650.0, kernel=[1.0])]
+  best = kt._best(rounds)
+  assert (best["fwd_pairs_per_s"], best["fwd_seconds"]) == (950.0, 0.13)
+  assert (best["grad_pairs_per_s"], best["grad_seconds"]) == (330.0, 0.39)
+  assert best["peak_rss_mb"] == 650.0 and best["kernel"] == [1.0]
+  assert [r["fwd_pairs_per_s"] for r in best["rounds"]] == [600.0, 950.0]

@@ -109,6 +109,34 @@ def test_features_match_readout_identity():
   assert cross._fields == ("nngp",) and cross.nngp.shape == (4, 3)
 
 
+@pytest.mark.parametrize("b_std", [0.1, None])
+def test_dense_readout_features_equal_the_jacobian(b_std):
+  """The written-down derivative of a ``Dense`` read-out (the fast path) equals the general
+  Jacobian features, values and gradients w.r.t. the images; other read-outs use the latter."""
+  from kip._src.kernels import random_features as R
+  rf = kk.convnet_rf(depth=2, prepend_conv=False, width=8, num_models=2, b_std=b_std)
+  assert R._dense_readout(rf.layer) is not None
+  x = _x((8, 8, 1), 5, 11)
+
+  @jax.jit
+  def run(key, a):
+    _, params = rf.draw(key, a.shape)
+    p0 = jax.tree_util.tree_map(lambda t: t[0], params)
+    fast = lambda b: R._dense_readout_features(R._dense_readout(rf.layer), p0, b)  # noqa: E731
+    jac = lambda b: R._jacobian_features(rf.layer, p0, b)  # noqa: E731
+    loss = lambda feats: lambda b: jnp.sum(jnp.sin(feats(b) @ feats(b).T))  # noqa: E731
+    return fast(a), jac(a), jax.grad(loss(fast))(a), jax.grad(loss(jac))(a)
+
+  fast, jac, g_fast, g_jac = run(_key(4), x)
+  assert fast.shape == jac.shape == (5, 8 * 2 * 2 + 1)
+  np.testing.assert_allclose(fast, jac, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(g_fast, g_jac, rtol=1e-4, atol=1e-6)
+  if b_std is None:
+    assert float(jnp.max(jnp.abs(fast[:, -1]))) == 0.0
+  # A read-out that is not a tagged Dense (here a bare Relu at the end) takes the Jacobian path.
+  assert R._dense_readout(kk.serial(kk.Flatten(), kk.Dense(1), kk.Relu())) is None
+
+
 def test_same_layer_as_exact_kernel():
   x = _x((8, 8, 1), 3, 3)
   exact = kk.convnet(depth=2, prepend_conv=False, width=8)

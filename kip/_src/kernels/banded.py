@@ -133,14 +133,17 @@ def _partners(v: jax.Array, bh: int, bw: int) -> jax.Array:
 
 def _box(a: jax.Array, fh: int, fw: int) -> jax.Array:
   """Sum over a ``fh x fw`` window of the position axes (``-4, -3``), zero padding, at fixed
-  offset: the diagonal convolution of a banded covariance (without the ``1/|F|``)."""
-  h, w = a.shape[-4], a.shape[-3]
+  offset: the diagonal convolution of a banded covariance (without the ``1/|F|``).
+
+  One ``reduce_window`` sum rather than a sum of shifted slices: on XLA's CPU backend the
+  ConvNet-3 layers after the fused block took 20 ms instead of 47 ms forward and 61 ms instead
+  of 97 ms with their gradient (4 x 32 block). The pool's strided slices stay: written as
+  ``reduce_window`` s they were slower (34 vs 22 ms forward).
+  """
   lead = a.ndim - 4
-  ph, pw = fh // 2, fw // 2
-  ap = jnp.pad(a, [(0, 0)] * lead + [(ph, ph), (0, 0), (0, 0), (0, 0)])
-  acc = sum(lax.slice_in_dim(ap, p, p + h, axis=lead) for p in range(fh))
-  ap = jnp.pad(acc, [(0, 0)] * lead + [(0, 0), (pw, pw), (0, 0), (0, 0)])
-  return sum(lax.slice_in_dim(ap, q, q + w, axis=lead + 1) for q in range(fw))
+  window = (1,) * lead + (fh, fw, 1, 1)
+  pad = [(0, 0)] * lead + [(fh // 2, fh // 2), (fw // 2, fw // 2), (0, 0), (0, 0)]
+  return lax.reduce_window(a, 0.0, lax.add, window, (1,) * a.ndim, pad)
 
 
 def _pool_axis(a: jax.Array, pos_axis: int, off_axis: int, window: int, stride: int,

@@ -29,7 +29,10 @@ whose mean over draws is the finite-width NNGP, equal to the infinite-width NNGP
 :math:`1/\\sqrt{\\text{width} \\cdot M}` (``tests/test_random_features.py`` checks the rate and
 the limit against the exact engine). :math:`\\phi` is the Jacobian of the network's outputs with
 respect to the read-out parameters only: no derivative through the rest of the network, and no
-knowledge of the read-out's ``W_std`` / ``b_std`` (``apply_fn`` applies them).
+knowledge of the read-out's ``W_std`` / ``b_std`` (``apply_fn`` applies them). For the usual
+``serial(..., Dense(1, W_std, b_std))`` the Jacobian is written down instead, from the ``Dense``
+layer's recorded ``W_std`` / ``b_std`` and one forward pass of the layers before it (same
+features; it skips an ``n x n`` basis product per network).
 
 Reference:
   Loo, Hasani, Amini, Rus, "Efficient Dataset Distillation using Random Feature
@@ -80,6 +83,61 @@ def _set_at(params, path, value):
   items = list(params)
   items[i] = _set_at(items[i], path[1:], value)
   return type(params)(items)
+
+
+def _dense_readout(layer: L.Layer):
+  """``(body_layers, W_std, b_std)`` if ``layer`` is a ``serial`` ending in a tagged ``Dense``
+  read-out, else ``None``."""
+  layers = getattr(layer.kernel_fn, "layers", None)
+  if not layers:
+    return None
+  hp = getattr(layers[-1].kernel_fn, "hparams", {})
+  if hp.get("kind") != "dense":
+    return None
+  return tuple(layers[:-1]), hp["W_std"], hp["b_std"]
+
+
+def _dense_readout_features(readout, params, x: jax.Array) -> jax.Array:
+  """Features of a ``Dense`` read-out on ``D`` units :math:`h(x)` from the layers before it.
+
+  The read-out :math:`f = \frac{W_{std}}{\sqrt{D}} h w + b_{std} b` is linear in
+  :math:`(w, b)`, so :math:`\partial f / \partial (w, b) = (W_{std} h / \sqrt{D}, b_{std})`
+  (``0`` for the bias without one), in the order of ``ravel_pytree((w, b))``. One forward pass,
+  no ``n x n`` or ``F x F`` basis product.
+  """
+  body, w_std, b_std = readout
+  h = x
+  for layer, p in zip(body, params[:-1]):
+    h = layer.apply_fn(p, h)
+  if h.ndim != 2:
+    raise ValueError(f"the read-out Dense gets inputs of shape {h.shape[1:]}; a random-feature "
+                     "NNGP needs one vector per image: put Flatten() or GlobalAvgPool() before "
+                     "it.")
+  bias = jnp.full((h.shape[0], 1), 0.0 if b_std is None else b_std, h.dtype)
+  return jnp.concatenate([w_std / jnp.sqrt(jnp.asarray(h.shape[1], h.dtype)) * h, bias], axis=1)
+
+
+def _jacobian_features(layer: L.Layer, params, x: jax.Array) -> jax.Array:
+  """Features as the Jacobian of the outputs w.r.t. the read-out's parameters (any read-out).
+
+  One batched forward pass, then the read-out's linear map applied to a basis: reverse mode
+  (``n`` cotangents, ``O(n^2 F)``) for fewer images than features, forward mode (``F``
+  tangents, ``O(n F^2)``) otherwise. Neither differentiates through the rest of the network.
+  (A per-image ``vmap(grad)`` measured 1.8x the forward pass on the CPU: ``vmap`` turns
+  ``AvgPool``'s ``reduce_window`` into a slower 5-D one.)
+  """
+  path = _readout_path(params)
+  flat, unravel = ravel_pytree(_get_at(params, path))
+
+  def f(theta):
+    return layer.apply_fn(_set_at(params, path, unravel(theta)), x)[:, 0]
+
+  n, num = x.shape[0], flat.shape[0]
+  if n <= num:
+    _, vjp_fn = jax.vjp(f, flat)
+    return jax.vmap(lambda c: vjp_fn(c)[0])(jnp.eye(n, dtype=flat.dtype))
+  _, lin = jax.linearize(f, flat)
+  return jax.vmap(lin)(jnp.eye(num, dtype=flat.dtype)).T
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -195,24 +253,16 @@ class RandomFeatureKernel:
   def _features_one(self, params, x):
     """``(n, F)`` unscaled features of one network: ``d f(x_i) / d theta_r`` per image.
 
-    One batched forward pass, then the read-out's linear map applied to a basis: reverse mode
-    (``n`` cotangents, ``O(n^2 F)``) for fewer images than features, forward mode (``F``
-    tangents, ``O(n F^2)``) otherwise. Neither differentiates through the rest of the network.
-    (A per-image ``vmap(grad)`` measured 1.8x the forward pass on the CPU: ``vmap`` turns
-    ``AvgPool``'s ``reduce_window`` into a slower 5-D one.)
+    When the network is a ``serial`` whose last layer is a ``Dense`` read-out (the presets), the
+    derivative is written down: :math:`\phi(x) = (W_{std} h(x) / \sqrt{D}, b_{std})` from one
+    forward pass of the layers before it (:func:`_dense_readout_features`). Otherwise it is the
+    Jacobian of the network's output with respect to the read-out's parameters
+    (:func:`_jacobian_features`); both give the same features to float rounding.
     """
-    path = _readout_path(params)
-    flat, unravel = ravel_pytree(_get_at(params, path))
-
-    def f(theta):
-      return self.layer.apply_fn(_set_at(params, path, unravel(theta)), x)[:, 0]
-
-    n, num = x.shape[0], flat.shape[0]
-    if n <= num:
-      _, vjp_fn = jax.vjp(f, flat)
-      return jax.vmap(lambda c: vjp_fn(c)[0])(jnp.eye(n, dtype=flat.dtype))
-    _, lin = jax.linearize(f, flat)
-    return jax.vmap(lin)(jnp.eye(num, dtype=flat.dtype)).T
+    readout = _dense_readout(self.layer)
+    if readout is not None:
+      return _dense_readout_features(readout, params, x)
+    return _jacobian_features(self.layer, params, x)
 
   def features(self, key: Optional[jax.Array], x: jax.Array, *,
                stacked: bool = False) -> jax.Array:
