@@ -100,15 +100,13 @@ def _dense_readout(layer: L.Layer):
 def _dense_readout_features(readout, params, x: jax.Array) -> jax.Array:
   """Features of a ``Dense`` read-out on ``D`` units :math:`h(x)` from the layers before it.
 
-  The read-out :math:`f = \frac{W_{std}}{\sqrt{D}} h w + b_{std} b` is linear in
-  :math:`(w, b)`, so :math:`\partial f / \partial (w, b) = (W_{std} h / \sqrt{D}, b_{std})`
+  The read-out :math:`f = \\frac{W_{std}}{\\sqrt{D}} h w + b_{std} b` is linear in
+  :math:`(w, b)`, so :math:`\\partial f / \\partial (w, b) = (W_{std} h / \\sqrt{D}, b_{std})`
   (``0`` for the bias without one), in the order of ``ravel_pytree((w, b))``. One forward pass,
   no ``n x n`` or ``F x F`` basis product.
   """
   body, w_std, b_std = readout
-  h = x
-  for layer, p in zip(body, params[:-1]):
-    h = layer.apply_fn(p, h)
+  h = L.serial(*body).apply_fn(tuple(params[:-1]), x) if body else x
   if h.ndim != 2:
     raise ValueError(f"the read-out Dense gets inputs of shape {h.shape[1:]}; a random-feature "
                      "NNGP needs one vector per image: put Flatten() or GlobalAvgPool() before "
@@ -254,7 +252,7 @@ class RandomFeatureKernel:
     """``(n, F)`` unscaled features of one network: ``d f(x_i) / d theta_r`` per image.
 
     When the network is a ``serial`` whose last layer is a ``Dense`` read-out (the presets), the
-    derivative is written down: :math:`\phi(x) = (W_{std} h(x) / \sqrt{D}, b_{std})` from one
+    derivative is written down: :math:`\\phi(x) = (W_{std} h(x) / \\sqrt{D}, b_{std})` from one
     forward pass of the layers before it (:func:`_dense_readout_features`). Otherwise it is the
     Jacobian of the network's output with respect to the read-out's parameters
     (:func:`_jacobian_features`); both give the same features to float rounding.
