@@ -1,8 +1,10 @@
 """Times one ConvNet NTK implementation on fixed inputs; prints one JSON line.
 
-Run by kernel_throughput.py in the right environment: ``ours`` (kip, ``--path banded``: the
-CPU default, fused first block and the rest on the band of pixel pairs that reaches the readout;
-``fused``: the fused first block, the rest dense; ``reference``: layer by layer) in the main venv, ``nt`` (neural-tangents 0.6.5) in the pinned venv. Inputs come
+Run by kernel_throughput.py in the right environment: ``ours`` (kip, ``--path native``: the
+CPU default, the fused first block as the compiled CPU kernel and the rest on the band of pixel
+pairs that reaches the readout; ``banded``: the same with the fused block in XLA; ``fused``: the
+XLA fused first block, the rest dense; ``reference``: layer by layer) in the main venv, ``nt``
+(neural-tangents 0.6.5) in the pinned venv. Inputs come
 from a shared .npz so all time exactly the same arrays. ``--arch convnet3`` is
 ``3 x [Conv, ReLU, AvgPool]``; ``kip4`` adds the leading ``Conv, ReLU`` of the released KIP code
 (``convnet(depth=3, prepend_conv=True)``). ``--parts`` times the pieces of the fused path instead.
@@ -18,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def build(impl, arch, budget, path="fused"):
+def build(impl, arch, budget, path="native"):
   prepend = arch == "kip4"
   if impl == "nt":
     from neural_tangents import stax
@@ -29,7 +31,8 @@ def build(impl, arch, budget, path="fused"):
     return stax.serial(*layers, stax.Flatten(), stax.Dense(1, 2 ** 0.5, 0.1))[2]
   from kip import kernels
   return kernels.convnet(3, prepend_conv=prepend, memory_budget=budget,
-                         fused=path in ("fused", "banded"), banded=path == "banded")
+                         fused=path in ("native", "fused", "banded"),
+                         banded=path in ("native", "banded"), native=path == "native")
 
 
 def best_time(fn, args, repeats):
@@ -44,7 +47,8 @@ def best_time(fn, args, repeats):
 
 def parts(x1, x2, repeats):
   """Pairs/s of the fused path's pieces: the patch GEMM alone, the ReLU map alone, the fused
-  first block, and the layers after it, dense and banded (forward; ConvNet-3)."""
+  first block (XLA and, where it builds, the compiled kernel), and the layers after it, dense
+  and banded (forward; ConvNet-3)."""
   from kip._src.kernels import fused as F
   from kip._src.kernels import layers as L
   pairs = x1.shape[0] * x2.shape[0]
@@ -59,8 +63,12 @@ def parts(x1, x2, repeats):
     return jnp.sum(sin + t)
 
   tiles = x1.shape[0] * 14
-  block = jax.jit(lambda a, b: F.conv_abrelu_pool_on_inputs(
-      a, b, True, filter_shape=(3, 3), W_std=2 ** 0.5, b_std=0.1, a=0.0, b=1.0, window=2))
+  def block_fn(native):
+    return jax.jit(lambda a, b: F.conv_abrelu_pool_on_inputs(
+        a, b, True, filter_shape=(3, 3), W_std=2 ** 0.5, b_std=0.1, a=0.0, b=1.0, window=2,
+        native=native))
+
+  block = block_fn(False)
   k0 = block(x1, x2)
   rest = L.serial(*[L.Conv(1, (3, 3), 2 ** 0.5, 0.1), L.Relu(), L.AvgPool(2, 2)] * 2, L.Flatten(),
                   L.Dense(1, 2 ** 0.5, 0.1))
@@ -76,6 +84,9 @@ def parts(x1, x2, repeats):
          "first_block_fused": pairs / best_time(block, (x1, x2), repeats),
          "later_layers": pairs / best_time(later, (k0,), repeats),
          "later_layers_banded": pairs / best_time(later_banded, (k0,), repeats)}
+  from kip._src.kernels import native as N
+  if jax.devices()[0].platform == "cpu" and N.available():
+    out["first_block_native"] = pairs / best_time(block_fn(True), (x1, x2), repeats)
   return {k + "_pairs_per_s": v for k, v in out.items()}
 
 
@@ -84,7 +95,7 @@ def main():
   p.add_argument("impl", choices=["ours", "nt"])
   p.add_argument("inputs")
   p.add_argument("--arch", default="convnet3", choices=["convnet3", "kip4"])
-  p.add_argument("--path", default="banded", choices=["banded", "fused", "reference"])
+  p.add_argument("--path", default="native", choices=["native", "banded", "fused", "reference"])
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--budget", type=int, default=2 * 1024 ** 3)
   p.add_argument("--memory-only", default=None, help="n1,n2: compile the gradient, report temp")

@@ -1,4 +1,5 @@
-"""The fused first ConvNet block against the layer-by-layer reference path, and evaluate's ETA."""
+"""The fused first ConvNet block (XLA path) against the layer-by-layer reference path, and
+evaluate's ETA. The compiled CPU kernel of the same block: test_native_kernel.py."""
 
 import logging
 import math
@@ -22,8 +23,8 @@ SQ2 = math.sqrt(2.0)
 def test_fused_equals_reference_float32(size, channels, depth, prepend):
   x1, x2 = _x((size, size, channels), 3, 0), _x((size, size, channels), 4, 1)
   ref = kk.convnet(depth, prepend_conv=prepend, fused=False)(x1, x2, ("nngp", "ntk"))
-  fus = jax.jit(lambda a, b: kk.convnet(depth, prepend_conv=prepend, fused=True)(
-      a, b, ("nngp", "ntk")))(x1, x2)
+  fus = jax.jit(lambda a, b: kk.convnet(depth, prepend_conv=prepend, fused=True,
+                                        native=False)(a, b, ("nngp", "ntk")))(x1, x2)
   assert _rel(fus.nngp, ref.nngp) < 1e-5
   assert _rel(fus.ntk, ref.ntk) < 1e-5
 
@@ -34,7 +35,7 @@ def test_fused_equals_reference_float64(act, b_std):
     x1, x2 = _x((8, 8, 2), 2, 2, jnp.float64), _x((8, 8, 2), 3, 3, jnp.float64)
     x2 = x2.at[0].set(x1[1])  # a coinciding pair: c = 1 exactly
     ref = kk.convnet(1, 1.3, b_std, act, fused=False)(x1, x2, ("nngp", "ntk"))
-    fus = kk.convnet(1, 1.3, b_std, act, fused=True)(x1, x2, ("nngp", "ntk"))
+    fus = kk.convnet(1, 1.3, b_std, act, fused=True, native=False)(x1, x2, ("nngp", "ntk"))
     assert fus.ntk.dtype == jnp.float64
     assert _rel(fus.nngp, ref.nngp) < 1e-12
     assert _rel(fus.ntk, ref.ntk) < 1e-12
@@ -58,7 +59,7 @@ def test_float32_coinciding_inputs_closer_to_float64_than_reference():
   x = _x((8, 8, 3), 3, 6)
   with jax.enable_x64(True):
     exact = kk.convnet(1, fused=False)(x.astype(jnp.float64), None, "ntk")
-  fus = kk.convnet(1, fused=True)(x, None, "ntk")
+  fus = kk.convnet(1, fused=True, native=False)(x, None, "ntk")
   ref = kk.convnet(1, fused=False)(x, None, "ntk")
   assert _rel(fus, exact) < 1e-5
   assert _rel(fus, exact) <= _rel(ref, exact) + 1e-7
@@ -69,7 +70,7 @@ def test_gradients_agree():
   x1, x2 = _x((8, 8, 1), 2, 7), _x((8, 8, 1), 3, 8)
   grads = []
   for fz in (False, True):
-    kf = kk.convnet(2, fused=fz)
+    kf = kk.convnet(2, fused=fz, native=False)
     loss = lambda a, b: jnp.sum(jnp.sin(3 * kf(a, b, "ntk")) + kf(a, b, "nngp"))  # noqa: E731
     grads.append(jax.jit(jax.grad(loss, (0, 1)))(x1, x2))
   for g_ref, g_fus in zip(*grads):
@@ -84,7 +85,7 @@ def test_gradient_of_one_argument(get):
   for argnum in (0, 1):
     grads = []
     for fz in (False, True):
-      kf = kk.convnet(2, fused=fz, banded=False)
+      kf = kk.convnet(2, fused=fz, banded=False, native=False)
       grads.append(jax.jit(jax.grad(lambda a, b: jnp.sum(jnp.cos(kf(a, b, get))),
                                     argnum))(x1, x2))
     assert _rel(grads[1], grads[0]) < 1e-4, argnum
@@ -93,7 +94,7 @@ def test_gradient_of_one_argument(get):
 def test_constant_argument_gets_no_cotangent_gemms():
   """The tile's backward skips the two GEMMs of an argument that is not differentiated."""
   x1, x2 = _x((8, 8, 1), 2, 9), _x((8, 8, 1), 3, 10)
-  kf = kk.convnet(1, fused=True, banded=False)
+  kf = kk.convnet(1, fused=True, banded=False, native=False)
   loss = lambda a, b: jnp.sum(kf(a, b, "ntk"))  # noqa: E731
 
   def dots(argnums):
@@ -105,7 +106,7 @@ def test_constant_argument_gets_no_cotangent_gemms():
 
 
 def test_gradient_finite_where_inputs_coincide():
-  kf = kk.convnet(2, fused=True)
+  kf = kk.convnet(2, fused=True, native=False)
   x = _x((8, 8, 1), 3, 0)
   x2 = jnp.concatenate([x, _x((8, 8, 1), 2, 1)])
   g_same = jax.jit(jax.grad(lambda a: jnp.sum(kf(a, None, "ntk"))))(x)
@@ -122,7 +123,7 @@ def test_flag_selects_the_path(monkeypatch):
   x = _x((8, 8, 1), 2, 0)
   kk.convnet(1, fused=False)(x, None, "ntk")
   assert not calls
-  kk.convnet(1, fused=True)(x, None, "ntk")
+  kk.convnet(1, fused=True, native=False)(x, None, "ntk")
   assert calls
   calls.clear()
   kk.convnet(1, prepend_conv=True, fused=True)(x, None, "ntk")  # starts Conv, ReLU, Conv
@@ -135,7 +136,7 @@ def test_flag_selects_the_path(monkeypatch):
 def test_fused_block_memory_within_budget():
   """XLA's temporaries for the gradient of a blocked 28x28 ConvNet-3 stay within budget."""
   budget = 256 * 2 ** 20
-  kf = kk.convnet(3, memory_budget=budget, fused=True)
+  kf = kk.convnet(3, memory_budget=budget, fused=True, native=False)
   x1, x2 = _x((28, 28, 1), 6, 0), _x((28, 28, 1), 12, 1)
   grad = jax.jit(jax.grad(lambda a, b: jnp.sum(kf(a, b, "ntk"))))
   mem = grad.lower(x1, x2).compile().memory_analysis()

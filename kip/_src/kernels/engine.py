@@ -98,6 +98,11 @@ class KernelFn:
       covariance entries). With ``fused`` too, the first block is fused and the layers after
       it run on the band. ``None`` (default): follow ``fused`` (so ``fused=False`` is the plain
       reference path).
+    native: compute the fused first block with the compiled CPU kernel
+      (:mod:`kip._src.kernels.native`, built on first use with the system C++ compiler; same
+      sums and VJP as the XLA fused path to float rounding). ``True``: wherever the block is
+      fused (an error if the kernel cannot be built); ``False``: the XLA fused path; ``None``
+      (default): on CPU devices when the kernel builds, float32 / float64 inputs.
   """
   layer: L.Layer
   spec: Mapping[str, Any]
@@ -106,6 +111,7 @@ class KernelFn:
   devices: Optional[tuple[Any, ...]] = None
   fused: Optional[bool] = None
   banded: Optional[bool] = None
+  native: Optional[bool] = None
 
   def replace(self, **changes) -> "KernelFn":
     return dataclasses.replace(self, **changes)
@@ -186,10 +192,27 @@ class KernelFn:
       return bool(self.banded)
     return self.uses_fused()
 
+  def uses_native(self, dtype=np.float32) -> bool:
+    """Whether the fused block runs as the compiled CPU kernel (see ``native``)."""
+    from kip._src.kernels import native  # noqa: PLC0415
+
+    if not self.uses_fused() or self.native is False:
+      return False
+    if self._devices()[0].platform != "cpu" or np.dtype(dtype) not in native.DTYPES:
+      if self.native:
+        raise ValueError(f"native=True needs CPU devices and float32 / float64 inputs; got "
+                         f"{self._devices()[0].platform} and {np.dtype(dtype)}. Use "
+                         "native=None (automatic) or False.")
+      return False
+    if self.native and not native.available():
+      raise RuntimeError(f"native=True, but kip's native CPU kernel cannot be built: "
+                         f"{native.build_error()} Use native=None (falls back to XLA) or False.")
+    return native.available()
+
   def _evaluate(self, x1, x2, compute_ntk):
     devices = self._devices()
     n1, n2 = x1.shape[0], x2.shape[0]
-    fuse = (self.uses_fused(), self.uses_banded())
+    fuse = (self.uses_fused(), self.uses_banded(), self.uses_native(x1.dtype))
     if len(devices) == 1 or n2 < len(devices):
       return _blocked(self.layer.kernel_fn, x1, x2, compute_ntk,
                       self.block_shape(n1, n2, x1.shape[1:], x1.dtype.itemsize), fuse)
@@ -209,10 +232,10 @@ class KernelFn:
     return out[0][:, :n2], out[1][:, :n2] if compute_ntk else None
 
 
-def _blocked(kernel_fn, x1, x2, compute_ntk, block, fuse=(False, False)):
+def _blocked(kernel_fn, x1, x2, compute_ntk, block, fuse=(False, False, False)):
   """Evaluates ``kernel_fn`` over ``(b1, b2)`` blocks with rematerialisation.
 
-  ``fuse = (fused, banded)``: the accelerated paths :func:`~kip._src.kernels.layers.lazy_input`
+  ``fuse = (fused, banded, native)``: the accelerated paths :func:`~kip._src.kernels.layers.lazy_input`
   may take.
   """
   n1, n2 = x1.shape[0], x2.shape[0]
@@ -248,14 +271,16 @@ def kernel_function(layer: L.Layer, *, spec: Optional[Mapping[str, Any]] = None,
                     memory_budget: int = DEFAULT_MEMORY_BUDGET,
                     devices: Optional[Sequence[Any]] = None,
                     fused: Optional[bool] = None,
-                    banded: Optional[bool] = None) -> KernelFn:
+                    banded: Optional[bool] = None,
+                    native: Optional[bool] = None) -> KernelFn:
   """Wraps a layer (e.g. ``serial(Conv(...), Relu(), ...)``) as a blocked ``kernel_fn``.
 
-  ``fused`` selects the fused first block and ``banded`` the banded path (see
-  :class:`KernelFn`); ``None``: on CPU.
+  ``fused`` selects the fused first block, ``banded`` the banded path and ``native`` the
+  compiled CPU kernel for the fused block (see :class:`KernelFn`); ``None``: on CPU.
   """
   return KernelFn(layer=layer, spec=dict(spec or {"architecture": "custom"}),
                   flatten_inputs=flatten_inputs, memory_budget=int(memory_budget),
                   devices=None if devices is None else tuple(devices),
                   fused=None if fused is None else bool(fused),
-                  banded=None if banded is None else bool(banded))
+                  banded=None if banded is None else bool(banded),
+                  native=None if native is None else bool(native))

@@ -38,6 +38,11 @@ The VJP is registered with symbolic zeros: an argument that is not differentiate
 KIP differentiates a support-target block w.r.t. the support only) gets no cotangent, and its two
 GEMMs per tile are skipped.
 
+With ``native=True`` (the engine's default on CPU when it builds) the same sums and VJP are
+computed by a compiled kernel, :mod:`kip._src.kernels.native`, which keeps each pooled row's
+cosines, maps and cotangents in registers instead of XLA's tile-sized arrays; this XLA path
+stays the reference for it and the path on other backends.
+
 The result equals ``serial(Conv, ABRelu, AvgPool(window, stride=window))`` applied to the lazy
 input state (the reference path of :mod:`kip._src.kernels.layers`) to float rounding. With a
 ``Flatten`` readout and ``banded=True`` (the CPU default), the later layers then run on the band
@@ -243,7 +248,7 @@ def _same_varying_axes(*xs):
 def conv_abrelu_pool_on_inputs(x1: jax.Array, x2: jax.Array, compute_ntk: bool, *,
                                filter_shape: tuple[int, int], W_std: float,
                                b_std: Optional[float], a: float, b: float,
-                               window: int) -> L.Kernel:
+                               window: int, native: bool = False) -> L.Kernel:
   r"""``serial(Conv(filter_shape, W_std, b_std), ABRelu(a, b), AvgPool(window, window))``.
 
   Equal to the reference layers applied to :func:`~kip._src.kernels.layers.lazy_input`, with
@@ -259,6 +264,8 @@ def conv_abrelu_pool_on_inputs(x1: jax.Array, x2: jax.Array, compute_ntk: bool, 
     a: ABReLU slope for negative inputs.
     b: ABReLU slope for positive inputs.
     window: pooling window, equal to its stride, VALID padding.
+    native: compute the tiles with the compiled CPU kernel
+      (:func:`kip._src.kernels.native.abrelu_tile`, the same sums and VJP) instead of XLA.
 
   Returns:
     A :class:`~kip._src.kernels.layers.Kernel` with ``S = (Ho, Wo, Ho, Wo)``,
@@ -272,6 +279,8 @@ def conv_abrelu_pool_on_inputs(x1: jax.Array, x2: jax.Array, compute_ntk: bool, 
   ho, wo = h // window, w // window
   q1, r1 = _unit_patches(x1, fh, fw, W_std, b_std, window)
   q2, r2 = _unit_patches(x2, fh, fw, W_std, b_std, window)
+  if native:
+    return _native_block(q1, r1, q2, r2, compute_ntk, s2, m, norm)
 
   # Cross covariances: one tile per (x1 image, pooled row) against every x2 pixel.
   cq2, cr2 = _columns(q2, r2)
@@ -292,6 +301,41 @@ def conv_abrelu_pool_on_inputs(x1: jax.Array, x2: jax.Array, compute_ntk: bool, 
       return lax.map(lambda t: _tile(t[0], t[1], cq, cr, s2, m)[0], (tq, tr))
     out = lax.map(image, (q, r))  # (n, Ho, Wo, Ho Wo)
     return norm * out.reshape(q.shape[0], ho, wo, ho, wo)
+
+  return L.Kernel(nngp=cross(nngp), ntk=cross(ntk) if compute_ntk else None,
+                  cov1=self_cov(q1, r1), cov2=self_cov(q2, r2))
+
+
+def _cells(q: jax.Array, r: jax.Array, per_image: bool):
+  """Native layouts: ``q (B, M, U, P), r (B, M, U)`` and ``q (B, U, P, M), r (B, U, M)``.
+
+  ``M`` pooled cells of all images (``B = 1``) or of each image (``per_image``, ``B = n``).
+  """
+  n, ho, w, wo, _, p = q.shape
+  b = n if per_image else 1
+  lq = q.transpose(0, 1, 3, 2, 4, 5).reshape(b, -1, w * w, p)
+  lr = r.transpose(0, 1, 3, 2, 4).reshape(b, -1, w * w)
+  return (lq, lr), (lq.transpose(0, 2, 3, 1), lr.transpose(0, 2, 1))
+
+
+def _native_block(q1, r1, q2, r2, compute_ntk: bool, s2: float, m: float, norm: float):
+  """:func:`conv_abrelu_pool_on_inputs` through :func:`kip._src.kernels.native.abrelu_tile`."""
+  from kip._src.kernels import native  # noqa: PLC0415
+
+  b1, ho, _, wo = q1.shape[:4]
+  b2 = q2.shape[0]
+  (lq1, lr1), _ = _cells(q1, r1, per_image=False)
+  _, (rq2, rr2) = _cells(q2, r2, per_image=False)
+  lq1, lr1, rq2, rr2 = _same_varying_axes(lq1, lr1, rq2, rr2)
+  nngp, ntk = native.abrelu_tile(lq1, lr1, rq2, rr2, s2, m)
+
+  def cross(t):  # (1, b1 Ho Wo, b2 Ho Wo) -> (b1, b2, Ho, Wo, Ho, Wo)
+    return norm * t.reshape(b1, ho, wo, b2, ho, wo).transpose(0, 3, 1, 2, 4, 5)
+
+  def self_cov(q, r):  # each image against itself: B = n blocks of one image
+    (lq, lr), (rq, rr) = _cells(q, r, per_image=True)
+    return norm * native.abrelu_tile(lq, lr, rq, rr, s2, m)[0].reshape(q.shape[0], ho, wo, ho,
+                                                                      wo)
 
   return L.Kernel(nngp=cross(nngp), ntk=cross(ntk) if compute_ntk else None,
                   cov1=self_cov(q1, r1), cov2=self_cov(q2, r2))

@@ -67,6 +67,7 @@ class Kernel:
   x2: Optional[jax.Array] = None
   fuse: bool = dataclasses.field(default=False, metadata=dict(static=True))
   banded: bool = dataclasses.field(default=False, metadata=dict(static=True))
+  native: bool = dataclasses.field(default=False, metadata=dict(static=True))
 
   @property
   def is_input(self) -> bool:
@@ -102,7 +103,7 @@ def _map_all(k: Kernel, fn: Callable[[jax.Array], jax.Array]) -> Kernel:
 
 
 def lazy_input(x1: jax.Array, x2: jax.Array, compute_ntk: bool, fuse: bool = False,
-               banded: bool = False) -> Kernel:
+               banded: bool = False, native: bool = False) -> Kernel:
   """The input state without its covariances, so the first layer can form them cheaply.
 
   A first :func:`Conv` then computes its output covariance directly from patch inner products
@@ -113,11 +114,14 @@ def lazy_input(x1: jax.Array, x2: jax.Array, compute_ntk: bool, fuse: bool = Fal
   ``Conv``, ``ABRelu``, ``AvgPool`` and ``Dense`` ending in ``Flatten`` is computed on the band of
   pixel pairs that reaches the readout (:mod:`kip._src.kernels.banded`; same kernel to float
   rounding): after the fused first block when ``fuse`` applies too, from the inputs otherwise.
+  With ``native=True`` the fused block runs as the compiled CPU kernel
+  (:mod:`kip._src.kernels.native`; same sums).
   """
   if x1.ndim not in (2, 4):
     raise ValueError(f"inputs must be (n, D) or (n, H, W, C); got shape {x1.shape}.")
   return Kernel(nngp=None, ntk=jnp.zeros((), x1.dtype) if compute_ntk else None, cov1=None,
-                cov2=None, x1=x1, x2=x2, fuse=bool(fuse), banded=bool(banded))
+                cov2=None, x1=x1, x2=x2, fuse=bool(fuse), banded=bool(banded),
+                native=bool(native))
 
 
 def _tag(kernel_fn: Callable, kind: str, **hparams) -> Callable:
@@ -203,7 +207,8 @@ def serial(*layers: Layer) -> Layer:
       block = _fusable_prefix(layers)
       if block is not None:
         from kip._src.kernels import fused  # noqa: PLC0415  (fused imports this module)
-        k = fused.conv_abrelu_pool_on_inputs(k.x1, k.x2, k.ntk is not None, **block)
+        k = fused.conv_abrelu_pool_on_inputs(k.x1, k.x2, k.ntk is not None, **block,
+                                             native=k.native)
         start = 3
     if the_plan is not None:  # the rest of the spatial part on its band
       k = banded.through_flatten(layers, the_plan, k, start)

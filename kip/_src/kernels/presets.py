@@ -58,7 +58,8 @@ def convnet(depth: int = 3, W_std: float = math.sqrt(2.0), b_std: Optional[float
             memory_budget: int = engine.DEFAULT_MEMORY_BUDGET,
             devices: Optional[Sequence[Any]] = None,
             fused: Optional[bool] = None,
-            banded: Optional[bool] = None) -> engine.KernelFn:
+            banded: Optional[bool] = None,
+            native: Optional[bool] = None) -> engine.KernelFn:
   """The KIP ConvNet kernel: ``depth x [Conv 3x3 SAME, ReLU, AvgPool 2x2]``, Flatten, Dense.
 
   ``prepend_conv=True`` gives the variant of the released KIP code, with one more
@@ -83,6 +84,8 @@ def convnet(depth: int = 3, W_std: float = math.sqrt(2.0), b_std: Optional[float
       reaches the readout (:mod:`kip._src.kernels.banded`; same kernel to float rounding,
       a fraction of the work; see :class:`KernelFn`); with ``fused`` the first block is fused
       and the rest banded. ``None``: follow ``fused``.
+    native: run the fused block as the compiled CPU kernel (see :class:`KernelFn`); ``None``:
+      on CPU when it builds.
   """
   if depth < 1:
     raise ValueError(f"depth={depth} must be >= 1.")
@@ -97,7 +100,7 @@ def convnet(depth: int = 3, W_std: float = math.sqrt(2.0), b_std: Optional[float
           "activation": activation, "prepend_conv": prepend_conv, "filter_size": filter_size,
           "readout": readout}
   return engine.kernel_function(L.serial(*layers), spec=spec, memory_budget=memory_budget,
-                                devices=devices, fused=fused, banded=banded)
+                                devices=devices, fused=fused, banded=banded, native=native)
 
 
 def convnet_rf(depth: int = 3, W_std: float = math.sqrt(2.0), b_std: Optional[float] = 0.1,
