@@ -6,11 +6,12 @@ does not import on current JAX. Our paths: ``native`` (the CPU default: the fuse
 the compiled CPU kernel of :mod:`kip._src.kernels.native`, then the rest of the network on the
 band of pixel pairs that reaches the Flatten readout, :mod:`kip._src.kernels.banded`; CPU only),
 ``banded`` (the same with the fused block in XLA), ``fused`` (the XLA fused first block, the
-rest dense) and ``reference`` (layer by layer, the XLA path). For ConvNet-3 and the 4-conv KIP ConvNet
-(``convnet(depth=3, prepend_conv=True)``) it prints forward and forward+gradient (w.r.t. x1)
-pairs/s, peak resident memory, the ratios, and the maximum relative difference to
+rest dense) and ``reference`` (layer by layer, the XLA path). For ConvNet-3 and the 4-conv KIP
+ConvNet (``convnet(depth=3, prepend_conv=True)``) it prints forward and forward+gradient (w.r.t.
+x1) pairs/s, peak resident memory, the ratios, and the maximum relative difference to
 neural-tangents; then the pairs/s of the pieces (patch GEMM alone, ReLU map alone, fused first
-block, later layers dense and banded) that bound the speed, and XLA's compiled temporary memory
+block in XLA and compiled, later layers dense and banded) that bound the speed, and XLA's
+compiled temporary memory
 for the gradient of a 100 x 2,000 block under a given memory budget.
 
 Each implementation runs in ``--rounds`` separate processes, interleaved with the others, and

@@ -79,6 +79,16 @@ def test_predict_batched_targets(digits, kernel_fn, batch_size):
                              whole, rtol=1e-5, atol=1e-6)
 
 
+def test_progress_counts_computed_chunks(digits, kernel_fn, monkeypatch):
+  """Each chunk is waited for before the bar advances (not just dispatched)."""
+  xs, xt, ys = _support_and_targets(digits)
+  waited = []
+  real = jax.block_until_ready
+  monkeypatch.setattr(jax, "block_until_ready", lambda x: waited.append(1) or real(x))
+  krr.predict(kernel_fn, xs, ys, xt, 1e-3, batch_size=4, progress=True)
+  assert len(waited) == -(-xt.shape[0] // 4)
+
+
 def test_predict_from_kernels_and_mse(digits, kernel_fn):
   xs, xt, ys = _support_and_targets(digits)
   k_ss, k_ts = kernel_fn(xs, None, "ntk"), kernel_fn(xt, xs, "ntk")

@@ -169,7 +169,8 @@ def predict(kernel_fn: Callable, x_support: jax.Array, y_support: jax.Array,
   for i in tqdm(range(0, m, batch_size), desc="K(target, support)", unit="chunk",
                 disable=not progress):
     k_ts = jnp.asarray(f(x_target[i:i + batch_size], x_support)).astype(alpha.dtype)
-    outs.append(k_ts @ alpha)
+    # Waited for, so the bar shows computed chunks rather than dispatched ones.
+    outs.append(jax.block_until_ready(k_ts @ alpha))
   return jnp.concatenate(outs, axis=0)
 
 

@@ -235,8 +235,8 @@ class KernelFn:
 def _blocked(kernel_fn, x1, x2, compute_ntk, block, fuse=(False, False, False)):
   """Evaluates ``kernel_fn`` over ``(b1, b2)`` blocks with rematerialisation.
 
-  ``fuse = (fused, banded, native)``: the accelerated paths :func:`~kip._src.kernels.layers.lazy_input`
-  may take.
+  ``fuse = (fused, banded, native)``: the accelerated paths
+  :func:`~kip._src.kernels.layers.lazy_input` may take.
   """
   n1, n2 = x1.shape[0], x2.shape[0]
   b1, b2 = block
