@@ -102,7 +102,9 @@ class KernelFn:
       (:mod:`kip._src.kernels.native`, built on first use with the system C++ compiler; same
       sums and VJP as the XLA fused path to float rounding). ``True``: wherever the block is
       fused (an error if the kernel cannot be built); ``False``: the XLA fused path; ``None``
-      (default): on CPU devices when the kernel builds, float32 / float64 inputs.
+      (default): on CPU devices when the kernel builds, float32 / float64 inputs. The compiled
+      kernel has first-order reverse mode only (``jax.grad``, ``jax.vjp``); for forward mode
+      or second derivatives of the fused block use ``native=False``.
   """
   layer: L.Layer
   spec: Mapping[str, Any]
