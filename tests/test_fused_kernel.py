@@ -12,9 +12,13 @@ import pytest
 from kip import kernels as kk
 from kip._src.kernels import fused as F
 from kip._src.kernels import layers as L
+from kip._src.kernels import native as N
 from kernel_helpers import images as _x, rel_err as _rel
 
 SQ2 = math.sqrt(2.0)
+# The XLA fused block, and the compiled one (test_native_kernel.py) where it builds.
+PATHS = [False, pytest.param(True, marks=pytest.mark.skipif(
+    not N.available(), reason=f"native kernel not built: {N.build_error()}"), id="native")]
 
 
 @pytest.mark.parametrize("size,channels,depth,prepend", [
@@ -29,26 +33,29 @@ def test_fused_equals_reference_float32(size, channels, depth, prepend):
   assert _rel(fus.ntk, ref.ntk) < 1e-5
 
 
+@pytest.mark.parametrize("native", PATHS)
 @pytest.mark.parametrize("act,b_std", [("relu", 0.1), ("abs", None)])
-def test_fused_equals_reference_float64(act, b_std):
+def test_fused_equals_reference_float64(act, b_std, native):
   with jax.enable_x64(True):
     x1, x2 = _x((8, 8, 2), 2, 2, jnp.float64), _x((8, 8, 2), 3, 3, jnp.float64)
     x2 = x2.at[0].set(x1[1])  # a coinciding pair: c = 1 exactly
     ref = kk.convnet(1, 1.3, b_std, act, fused=False)(x1, x2, ("nngp", "ntk"))
-    fus = kk.convnet(1, 1.3, b_std, act, fused=True, native=False)(x1, x2, ("nngp", "ntk"))
+    fus = kk.convnet(1, 1.3, b_std, act, fused=True, native=native)(x1, x2, ("nngp", "ntk"))
     assert fus.ntk.dtype == jnp.float64
     assert _rel(fus.nngp, ref.nngp) < 1e-12
     assert _rel(fus.ntk, ref.ntk) < 1e-12
 
 
+@pytest.mark.parametrize("native", PATHS)
 @pytest.mark.parametrize("a,b,window", [(0.0, 1.0, 2), (-1.0, 1.0, 3)])
-def test_block_state_matches_layers(a, b, window):
-  """All four fields of the block's state (cross, NTK, self covariances), odd sizes too."""
+def test_block_state_matches_layers(a, b, window, native):
+  """All four fields of the block's state (cross, NTK, self covariances), odd sizes too; the
+  compiled kernel's general code paths at window 3."""
   x1, x2 = _x((7, 7, 2), 2, 4), _x((7, 7, 2), 3, 5)
   want = L.serial(L.Conv(1, (3, 3), 1.2, 0.3), L.ABRelu(a, b), L.AvgPool(window, window)).kernel_fn(
       L.lazy_input(x1, x2, True))
   got = F.conv_abrelu_pool_on_inputs(x1, x2, True, filter_shape=(3, 3), W_std=1.2, b_std=0.3,
-                                     a=a, b=b, window=window)
+                                     a=a, b=b, window=window, native=native)
   for name in ("nngp", "ntk", "cov1", "cov2"):
     assert getattr(got, name).shape == getattr(want, name).shape
     assert _rel(getattr(got, name), getattr(want, name)) < 1e-5, name

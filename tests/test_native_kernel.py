@@ -1,8 +1,10 @@
 """The compiled CPU kernel of the fused first ConvNet block (kip._src.kernels.native) against the
-layer-by-layer reference path; its selection, fallback and build cache."""
+layer-by-layer reference path; its selection, fallback and build cache. The float64 and
+block-state tests of test_fused_kernel.py run on both paths."""
 
 import logging
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +12,6 @@ import numpy as np
 import pytest
 
 from kip import kernels as kk
-from kip._src.kernels import fused as F
 from kip._src.kernels import layers as L
 from kip._src.kernels import native as N
 from kernel_helpers import images as _x, rel_err as _rel
@@ -33,33 +34,6 @@ def test_native_equals_reference_float32(size, channels, depth, b_std):
       a, b, ("nngp", "ntk")))(x1, x2)
   assert _rel(nat.nngp, ref.nngp) < 1e-5
   assert _rel(nat.ntk, ref.ntk) < 1e-5
-
-
-@needs_native
-@pytest.mark.parametrize("act,b_std", [("relu", 0.1), ("abs", None)])
-def test_native_equals_reference_float64(act, b_std):
-  with jax.enable_x64(True):
-    x1, x2 = _x((8, 8, 1), 2, 2, jnp.float64), _x((8, 8, 1), 3, 3, jnp.float64)
-    x2 = x2.at[0].set(x1[1])  # a coinciding pair: c = 1 exactly
-    ref = kk.convnet(1, 1.3, b_std, act, fused=False)(x1, x2, ("nngp", "ntk"))
-    nat = kk.convnet(1, 1.3, b_std, act, native=True)(x1, x2, ("nngp", "ntk"))
-    assert nat.ntk.dtype == jnp.float64
-    assert _rel(nat.nngp, ref.nngp) < 1e-12
-    assert _rel(nat.ntk, ref.ntk) < 1e-12
-
-
-@needs_native
-@pytest.mark.parametrize("a,b,window", [(0.0, 1.0, 2), (-1.0, 1.0, 3)])
-def test_block_state_matches_layers(a, b, window):
-  """All four fields (cross, NTK, self covariances); window 3 takes the general paths."""
-  x1, x2 = _x((7, 7, 2), 2, 4), _x((7, 7, 2), 3, 5)
-  want = L.serial(L.Conv(1, (3, 3), 1.2, 0.3), L.ABRelu(a, b), L.AvgPool(window, window)).kernel_fn(
-      L.lazy_input(x1, x2, True))
-  got = F.conv_abrelu_pool_on_inputs(x1, x2, True, filter_shape=(3, 3), W_std=1.2, b_std=0.3,
-                                     a=a, b=b, window=window, native=True)
-  for name in ("nngp", "ntk", "cov1", "cov2"):
-    assert getattr(got, name).shape == getattr(want, name).shape
-    assert _rel(getattr(got, name), getattr(want, name)) < 1e-5, name
 
 
 @needs_native
@@ -150,3 +124,11 @@ def test_build_cache_is_keyed_by_cpu(monkeypatch, tmp_path):
   monkeypatch.setattr(N, "_cpu_id", lambda: "another CPU")
   other = N.build()
   assert other != first and other.exists() and os.stat(first).st_mtime_ns == mtime
+
+
+def test_arccos_polynomial_is_the_engines():
+  """The compiled kernel's arccos coefficients are layers._ACOS_COEFFS, digit for digit."""
+  source = N._SOURCE.read_text()
+  body = re.search(r"kAcos\[8\] = \{([^}]*)\}", source).group(1)
+  coeffs = tuple(float(v.strip().rstrip("f")) for v in body.split(","))
+  assert coeffs == L._ACOS_COEFFS

@@ -170,13 +170,28 @@ def _tile(q1, r1, q2, r2, s2: float, m: float):
   return m * nngp + ntk, ntk
 
 
-def _tile_fwd(q1, r1, q2, r2, s2, m):
-  # With ``symbolic_zeros=True`` the array arguments arrive as ``CustomVJPPrimal``s whose
-  # ``perturbed`` says whether a cotangent is wanted; the flags travel to the backward pass as
-  # the (static) structure of the residuals: ``()`` for wanted, ``None`` for not.
+def _primals_and_wanted(q1, r1, q2, r2):
+  """Values of a tile VJP's primals and which sides want a cotangent.
+
+  With ``symbolic_zeros=True`` the array arguments arrive as ``CustomVJPPrimal``s whose
+  ``perturbed`` says whether a cotangent is wanted; the flags travel to the backward pass as the
+  (static) structure of the residuals: ``()`` for wanted, ``None`` for not. Shared with
+  :mod:`kip._src.kernels.native`.
+  """
   values = tuple(arg.value for arg in (q1, r1, q2, r2))
   wanted = (() if q1.perturbed or r1.perturbed else None,
             () if q2.perturbed or r2.perturbed else None)
+  return values, wanted
+
+
+def _dense_cotangents(cts):
+  """Output cotangents with symbolic zeros materialised as zeros."""
+  return tuple(jnp.zeros(ct.shape, ct.dtype) if isinstance(ct, SymbolicZero) else ct
+               for ct in cts)
+
+
+def _tile_fwd(q1, r1, q2, r2, s2, m):
+  values, wanted = _primals_and_wanted(q1, r1, q2, r2)
   return _tile(*values, s2, m), (values, wanted)
 
 
@@ -189,8 +204,7 @@ def _tile_bwd(s2, m, res, cts):
   :math:`\partial L / \partial r_1 = \sum r_2 (g_K J + g_\Theta t)`.
   """
   (q1, r1, q2, r2), (want1, want2) = res
-  g_k, g_t = (jnp.zeros(ct.shape, ct.dtype) if isinstance(ct, SymbolicZero) else ct
-              for ct in cts)
+  g_k, g_t = _dense_cotangents(cts)
   raw = _cosines(q1, q2)
   # Like jnp.clip, no gradient outside [-1, 1] (beyond rounding).
   inside = jnp.abs(raw) <= 1.0 + 8 * jnp.finfo(raw.dtype).eps
@@ -320,7 +334,7 @@ def _cells(q: jax.Array, r: jax.Array, per_image: bool):
 
 def _native_block(q1, r1, q2, r2, compute_ntk: bool, s2: float, m: float, norm: float):
   """:func:`conv_abrelu_pool_on_inputs` through :func:`kip._src.kernels.native.abrelu_tile`."""
-  from kip._src.kernels import native  # noqa: PLC0415
+  from kip._src.kernels import native  # noqa: PLC0415  (native imports this module)
 
   b1, ho, _, wo = q1.shape[:4]
   b2 = q2.shape[0]

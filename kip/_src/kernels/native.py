@@ -42,9 +42,9 @@ import subprocess
 from typing import Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from jax.custom_derivatives import SymbolicZero
+
+from kip._src.kernels import fused
 
 __all__ = ["abrelu_tile", "available", "build", "build_error"]
 
@@ -171,9 +171,7 @@ def _varying_like(outs, *inputs):
   ``ffi_call``'s outputs carry none, while a custom VJP must return each cotangent with its
   input's type (see :func:`kip._src.kernels.fused._same_varying_axes`; no-op outside one).
   """
-  from kip._src.kernels.fused import _same_varying_axes  # noqa: PLC0415  (fused imports this)
-
-  return _same_varying_axes(*outs, *inputs)[:len(outs)]
+  return fused._same_varying_axes(*outs, *inputs)[:len(outs)]
 
 
 def _forward(q1, r1, q2, r2, s2, m):
@@ -207,17 +205,13 @@ def abrelu_tile(q1, r1, q2, r2, s2: float, m: float):
 
 
 def _abrelu_tile_fwd(q1, r1, q2, r2, s2, m):
-  # Symbolic zeros: ``perturbed`` says whether a cotangent is wanted (see fused._tile_fwd).
-  values = tuple(arg.value for arg in (q1, r1, q2, r2))
-  wanted = (() if q1.perturbed or r1.perturbed else None,
-            () if q2.perturbed or r2.perturbed else None)
+  values, wanted = fused._primals_and_wanted(q1, r1, q2, r2)
   return _forward(*values, s2, m), (values, wanted)
 
 
 def _abrelu_tile_bwd(s2, m, res, cts):
   (q1, r1, q2, r2), (want1, want2) = res
-  g_k, g_t = (jnp.zeros(ct.shape, ct.dtype) if isinstance(ct, SymbolicZero) else ct
-              for ct in cts)
+  g_k, g_t = fused._dense_cotangents(cts)
   dq1 = dr1 = dq2 = dr2 = None
   if want1 is not None:
     dq1, dr1 = _backward(q1, r1, q2, r2, g_k, g_t, s2, m)
