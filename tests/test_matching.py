@@ -110,6 +110,11 @@ def test_paper_loops_and_config_validation():
   assert dict(DC_CFG.model_kwargs) == SMALL
   assert dm.DMConfig().image_lr == 1.0 and dm.DMConfig().steps == 20000
   assert dc.DCConfig().steps == 1000 and dc.DCConfig().image_lr == 0.1
+  # The reference main.py (DC and DSA): SGD momentum 0.5 for the images and for the network,
+  # lr_net 0.01, batch_real = batch_train = 256.
+  ref = dict(image_momentum=0.5, net_momentum=0.5, net_lr=0.01, batch_real=256, batch_train=256)
+  for cls in (dc.DCConfig, dsa.DSAConfig):
+    assert {k: getattr(cls(), k) for k in ref} == ref
 
 
 @pytest.mark.parametrize("cls", [dc.DCConfig, dsa.DSAConfig, dm.DMConfig])

@@ -107,8 +107,11 @@ class DCConfig:
     image_momentum: its momentum (SGD only; reference 0.5, PyTorch semantics).
     net_optimizer: ``'sgd'`` or ``'adam'``, for the inner-loop network training.
     net_lr: its learning rate (reference ``lr_net = 0.01``).
-    net_momentum: its momentum (SGD only). The reference uses 0.5; this library has used 0
-      since its first DC results, which the default keeps reproducible.
+    net_momentum: its momentum (SGD only; reference 0.5: ``main.py``'s
+      ``optimizer_net = torch.optim.SGD(net.parameters(), lr=args.lr_net, momentum=0.5)``).
+      Results of this library before 2026-12-05 used 0 (``net_momentum=0.0`` reproduces
+      them); at one image per class the paper's loops never train the network, so it has no
+      effect there.
     batch_real: real images per class and outer loop (fewer if the class is smaller).
     batch_train: minibatch size of the inner-loop network training on the synthetic set.
     outer_loop: image updates per iteration; ``None`` takes :data:`PAPER_LOOPS`.
@@ -126,7 +129,7 @@ class DCConfig:
   image_momentum: float = 0.5
   net_optimizer: str = "sgd"
   net_lr: float = 0.01
-  net_momentum: float = 0.0
+  net_momentum: float = 0.5
   batch_real: int = 256
   batch_train: int = 256
   outer_loop: Optional[int] = None

@@ -43,12 +43,15 @@ Presets (:func:`get_model`):
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from kip._src.transfer import conv as conv_lib
 
 __all__ = ["ConvNet", "FC", "LeNet", "AlexNetSmall", "ResNet", "get_model", "MODEL_NAMES"]
 
@@ -57,6 +60,9 @@ _POOLINGS = ("avg", "max")
 _INITS = ("torch", "gaussian", "xavier")
 _CONVNET_PADDINGS = ("dc", "same")
 _LENET_PADDINGS = ("reference", "same")
+# Convolution rule for every model (``conv.conv_general_dilated``'s ``impl``): 'auto' takes the
+# patch-product filter derivative where it is measured faster (single-channel inputs on CPU).
+_CONV_IMPL = "auto"
 _ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": nn.relu,
     "leaky_relu": lambda x: nn.leaky_relu(x, 0.01),  # PyTorch's default slope, as in DC
@@ -94,8 +100,10 @@ def _conv(x, features: int, kernel: int, *, init: str = "torch", w_std: float = 
   k_init, b_init = _initializers(init, fan_in, kernel * kernel * features, w_std, b_std)
   if isinstance(padding, int):
     padding = ((padding, padding), (padding, padding))
+  conv = functools.partial(conv_lib.conv_general_dilated, impl=_CONV_IMPL)
   return nn.Conv(features, (kernel, kernel), strides=(strides, strides), padding=padding,
-                 use_bias=use_bias, kernel_init=k_init, bias_init=b_init, name=name)(x)
+                 use_bias=use_bias, kernel_init=k_init, bias_init=b_init, name=name,
+                 conv_general_dilated=conv)(x)
 
 
 def _dense(x, features: int, *, init: str = "torch", w_std: float = 1.0, b_std: float = 0.0,
@@ -104,11 +112,41 @@ def _dense(x, features: int, *, init: str = "torch", w_std: float = 1.0, b_std: 
   return nn.Dense(features, kernel_init=k_init, bias_init=b_init, name=name)(x)
 
 
+class InstanceNorm(nn.Module):
+  r"""DC's ``'instancenorm'``, PyTorch's ``nn.GroupNorm(C, C, affine=True)``.
+
+  Per-example, per-channel statistics over the spatial axes, then a learned per-channel scale
+  and shift:
+
+  .. math::
+
+     y_{bhwc} = \gamma_c \frac{x_{bhwc} - \mu_{bc}}{\sqrt{\sigma^2_{bc} + \epsilon}} + \beta_c,
+     \quad \mu_{bc} = \overline{x_{b\cdot\cdot c}}, \quad
+     \sigma^2_{bc} = \max(\overline{x^2_{b\cdot\cdot c}} - \mu_{bc}^2, 0).
+
+  The same values, parameters (``scale`` = 1, ``bias`` = 0 at init) and variance formula as
+  ``flax.linen.GroupNorm(num_groups=C)`` (its default ``use_fast_variance=True``), written
+  directly over the spatial axes: without GroupNorm's reshape into groups, forward + gradient
+  of DC ConvNet-3's first norm + ReLU + pool (batch 256, 32x32 maps, width 128) took 162 ms
+  against 259 ms on this project's 2-core CPU.
+  """
+  epsilon: float = 1e-5
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    c = x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+    axes = tuple(range(1, x.ndim - 1))
+    mean = jnp.mean(x, axes, keepdims=True)
+    var = jnp.maximum(jnp.mean(jnp.square(x), axes, keepdims=True) - jnp.square(mean), 0.0)
+    factor = jax.lax.rsqrt(var + self.epsilon) * scale.astype(x.dtype)
+    return x * factor + (bias.astype(x.dtype) - mean * factor)
+
+
 def _norm(x, kind: str, train: bool, name: str | None = None):
   if kind == "instance":
-    # DC's 'instancenorm' is nn.GroupNorm(C, C, affine=True): per-channel statistics over
-    # H x W with a learned per-channel scale and shift.
-    return nn.GroupNorm(num_groups=x.shape[-1], epsilon=1e-5, name=name)(x)
+    return InstanceNorm(epsilon=1e-5, name=name)(x)
   if kind == "batch":
     # PyTorch momentum 0.1 on the new batch == Flax momentum 0.9 on the running average.
     return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
