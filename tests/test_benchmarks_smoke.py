@@ -229,3 +229,18 @@ def test_dd_study_markdown_from_json(tmp_path):
   assert "300 training images" in text and "`tuned`: one constant step size" in text
   assert "| LinearNet | 90.0 ± 1.0 |" in text and "all three" in text
   assert "Figures: [toy_data](toy_data.png)." in text  # relative to the folder outside results/
+
+
+def test_dc_paper(tmp_path):
+  from benchmarks import dc_paper
+  out = tmp_path / "dc_paper"
+  dc_paper.main(["--dataset", "digits", "--quick", "--no-progress", "--out", str(out)])
+  res = json.loads((out / "dc_paper.json").read_text())
+  assert [r["method"] for r in res["rows"]] == ["dc", "dsa"]
+  for r in res["rows"]:
+    assert r["steps"] == 2 and len(r["convnet"]["accuracies"]) == 1
+    assert 0.0 <= r["convnet"]["mean"] <= 1.0
+    assert (out / f"{r['method']}_ipc1.npz").exists()
+  dsa = res["rows"][1]["convnet"]
+  assert dsa["recipe"]["name"] == "dsa" and dsa["augment"] == "dsa"
+  assert "| DC |" in res["table"] and "70.5" in res["table"]
