@@ -135,8 +135,8 @@ def _conv_jvp(strides, pads, primals, tangents):
   if not isinstance(dw, SymbolicZero):
     dyw = patch_product(x, dw, strides, pads)
     dy = dyw if dy is None else dy + dyw
-  if dy is None:
-    dy = SymbolicZero(jax.core.get_aval(y).to_tangent_aval())
+  if dy is None:  # neither input carries a tangent
+    dy = jnp.zeros_like(y)
   return y, dy
 
 

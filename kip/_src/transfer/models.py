@@ -61,7 +61,7 @@ _INITS = ("torch", "gaussian", "xavier")
 _CONVNET_PADDINGS = ("dc", "same")
 _LENET_PADDINGS = ("reference", "same")
 # Convolution rule for every model (``conv.conv_general_dilated``'s ``impl``): 'auto' takes the
-# patch-product filter derivative where it is measured faster (single-channel inputs on CPU).
+# patch-product filter derivative where it is measured faster (kernels <= 3x3, on CPU).
 _CONV_IMPL = "auto"
 _ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": nn.relu,
