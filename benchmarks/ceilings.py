@@ -25,7 +25,7 @@ measured on this 2-core CPU, 2026-12-02 and 2026-12-04).
 
 ConvNet-3 runs with its lr fixed at 0.03 (``--lr-factors 1``): an epoch of it took about 8
 minutes on this CPU before the convolutions' filter gradient became a matrix product
-(``kip/_src/transfer/conv.py``), about 3.5 minutes after, so 30 minutes hold 8 epochs and no
+(``kip/_src/transfer/conv.py``), about 3.6 minutes after, so 30 minutes hold 8 epochs and no
 search (2026-12-05: 4 epochs, 91.20 % in 2,029 s before; 8 epochs, 92.55 % in 1,752 s after).
 """
 

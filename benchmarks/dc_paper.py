@@ -5,8 +5,8 @@ configs take: ConvNet-3 of width 128 with instance norm, 1,000 iterations, 256 r
 class and iteration, SGD lr 0.1 momentum 0.5 on the images, the paper's loops for one image per
 class (one image update per iteration, no network training). One deviation, the library's
 default: images start from random real images (``main.py`` defaults to noise; the paper reports
-the two alike). DSA adds its augmentation (``color_crop_cutout_flip_scale_rotate``, one draw shared by
-real and synthetic images). Each distillation runs until its 1,000 iterations or its time box,
+the two alike; ``DCConfig(init='noise')`` is the reference's). DSA adds its augmentation
+(``color_crop_cutout_flip_scale_rotate``, one draw shared by real and synthetic images). Each distillation runs until its 1,000 iterations or its time box,
 whichever comes first (the driver's ``time_budget``; a checkpoint under ``--out`` lets the same
 command continue where it stopped). The set is then evaluated as the reference evaluates it:
 DC with the ``'dc'`` recipe (300 epochs, no augmentation on Fashion-MNIST), DSA with ``'dsa'``
@@ -107,8 +107,8 @@ def main(argv=None):
   a = parse_args(argv)
   command = " ".join(["python -m benchmarks.dc_paper"] + [shlex.quote(x) for x in argv])
   common.setup_logging(quiet_kip=True)
-  budgets = dict(zip(a.methods, a.budget_minutes * (len(a.methods)
-                                                    if len(a.budget_minutes) == 1 else 1)))
+  per_method = a.budget_minutes if len(a.budget_minutes) > 1 else a.budget_minutes * len(a.methods)
+  budgets = dict(zip(a.methods, per_method))
   ds = kip.data.load(a.dataset)
   if a.quick:
     ds = ds.subset(min(500, len(ds.y_train)), min(200, len(ds.y_test)), seed=0)

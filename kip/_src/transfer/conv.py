@@ -143,31 +143,33 @@ def _conv_jvp(strides, pads, primals, tangents):
 _conv.defjvp(_conv_jvp, symbolic_zeros=True)
 
 
-def _takes_patch_rule(impl: str, lhs, rhs, padding, window_strides, dimension_numbers,
-                      lhs_dilation, rhs_dilation, feature_group_count,
-                      batch_group_count) -> bool:
+def _patch_rule_geometry(impl: str, lhs, rhs, padding, window_strides, dimension_numbers,
+                         lhs_dilation, rhs_dilation, feature_group_count, batch_group_count):
+  """``(strides, pads)`` where the convolution takes the patch rule under ``impl``, else None."""
   if impl not in IMPLS:
     raise ValueError(f"impl={impl!r} is not a convolution implementation; use one of "
                      f"{list(IMPLS)}.")
   if impl == "xla":
-    return False
+    return None
   plain = (lhs.ndim == 4 and rhs.ndim == 4 and dimension_numbers is not None
            and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
            == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
            and all(int(v) == 1 for v in (lhs_dilation or (1, 1)))
            and all(int(v) == 1 for v in (rhs_dilation or (1, 1)))
            and feature_group_count == 1 and batch_group_count == 1)
-  if impl == "patches":
-    if not plain:
-      raise ValueError("impl='patches' supports NHWC/HWIO convolutions without dilation or "
-                       "feature groups only; use impl='auto' or 'xla'.")
-    return True
-  if not plain or jax.default_backend() != "cpu" or max(rhs.shape[:2]) > _AUTO_MAX_KERNEL:
-    return False
+  if impl == "patches" and not plain:
+    raise ValueError("impl='patches' supports NHWC/HWIO convolutions without dilation or "
+                     "feature groups only; use impl='auto' or 'xla'.")
+  if not plain:
+    return None
   strides = tuple(int(s) for s in window_strides)
   pads = _explicit_padding(padding, lhs.shape[1:3], rhs.shape[:2], strides)
-  return _patch_bytes(lhs.shape, rhs.shape, jnp.dtype(lhs.dtype).itemsize, strides,
-                      pads) <= _PATCH_BYTES
+  if impl == "patches":
+    return strides, pads
+  auto = (jax.default_backend() == "cpu" and max(rhs.shape[:2]) <= _AUTO_MAX_KERNEL
+          and _patch_bytes(lhs.shape, rhs.shape, jnp.dtype(lhs.dtype).itemsize, strides,
+                           pads) <= _PATCH_BYTES)
+  return (strides, pads) if auto else None
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
@@ -177,19 +179,20 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   """``lax.conv_general_dilated`` with the filter derivative as a patch-matrix product.
 
   Same arguments and forward values as ``lax.conv_general_dilated``. ``impl``: ``'auto'``
-  (this rule on CPU backends for plain NHWC/HWIO convolutions whose patch matrix fits in
-  ``_PATCH_BYTES``, XLA's otherwise), ``'patches'`` (always; an error for dilated or grouped
-  convolutions) or ``'xla'`` (``lax.conv_general_dilated`` unchanged).
+  (this rule on CPU backends for plain NHWC/HWIO convolutions with kernels of at most 3x3
+  whose patch matrix fits in ``_PATCH_BYTES``, XLA's otherwise), ``'patches'`` (always; an
+  error for dilated or grouped convolutions) or ``'xla'`` (``lax.conv_general_dilated``
+  unchanged). A ``precision`` or ``preferred_element_type`` always takes XLA's rule.
   """
-  if (precision is not None or preferred_element_type is not None
-      or not _takes_patch_rule(impl, lhs, rhs, padding, window_strides, dimension_numbers,
-                               lhs_dilation, rhs_dilation, feature_group_count,
-                               batch_group_count)):
+  geometry = None
+  if precision is None and preferred_element_type is None:
+    geometry = _patch_rule_geometry(impl, lhs, rhs, padding, window_strides, dimension_numbers,
+                                    lhs_dilation, rhs_dilation, feature_group_count,
+                                    batch_group_count)
+  if geometry is None:
     return lax.conv_general_dilated(
         lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
         rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
         feature_group_count=feature_group_count, batch_group_count=batch_group_count,
         precision=precision, preferred_element_type=preferred_element_type)
-  strides = tuple(int(s) for s in window_strides)
-  pads = _explicit_padding(padding, lhs.shape[1:3], rhs.shape[:2], strides)
-  return _conv(lhs, rhs, strides, pads)
+  return _conv(lhs, rhs, *geometry)
