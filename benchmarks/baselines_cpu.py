@@ -20,6 +20,7 @@ import sys
 
 from benchmarks import common
 from benchmarks import run
+from benchmarks.suite.evaluation import evaluations
 
 METHODS = ("random", "herding", "kcenter", "class_mean", "dd")
 IPCS = [1, 10]
@@ -36,10 +37,11 @@ def config(restarts: int = 5, train_steps: int = 2000) -> dict:
     m["ipc"] = IPCS
     m["per_ipc"] = {ipc: {k: v for k, v in over.items() if k != "finite"}
                     for ipc, over in m.get("per_ipc", {}).items()}
-    if m["finite"].get("protocol") != "dd":
-      m["finite"] = {**finite, **({"fresh_subsets": True} if name == "random" else {})}
+    own = [e for e in evaluations(m["finite"]) if e.get("protocol") == "dd"]
+    if own:  # DD: its own networks with its learned step sizes
+      m["finite"] = {**own[0], "restarts": restarts}
     else:
-      m["finite"] = {**m["finite"], "restarts": restarts}
+      m["finite"] = {**finite, **({"fresh_subsets": True} if name == "random" else {})}
     methods[name] = m
   return {
       "name": "baselines_cpu",

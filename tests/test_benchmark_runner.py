@@ -23,8 +23,13 @@ TINY = {
             "distill": {"kernel": {"architecture": "fc", "depth": 2}, "steps": 3,
                         "learning_rate": 0.04, "target_batch_size": 100},
             "krr": {},
-            "finite": {"model": "fc", "model_kwargs": {"width": 32}, "recipe": "kip",
-                       "restarts": 1, "recipe_overrides": {"steps": 5}},
+            # Two finite evaluations, one column each: a fixed-lr one and a tuned one.
+            "finite": [{"column": "FC-32", "model": "fc", "model_kwargs": {"width": 32},
+                        "recipe": "kip", "restarts": 1, "recipe_overrides": {"steps": 5}},
+                       {"column": "FC-16 tuned", "model": "fc", "model_kwargs": {"width": 16},
+                        "recipe": "kip", "restarts": 2, "recipe_overrides": {"steps": 5},
+                        "tune": {"validation_size": 50, "lr_factors": [0.5, 1.0],
+                                 "weight_decays": [0.0], "ntk_images": 8}}],
             "anchor": {"krr": "kip_krr", "finite": "kip_transfer"}},
         "random": {
             "label": "random real", "algorithm": "random",
@@ -58,11 +63,27 @@ def test_first_run_writes_every_cell(suite):
     rec = json.loads((out / "cells" / f"{name}.json").read_text())
     assert rec["kind"] == run.CELL_KIND and rec["machine"]["device"]
     assert 0 < rec["krr"]["accuracy"] <= 1
-    restarts = TINY["methods"][rec["method"]]["finite"]["restarts"]
-    assert rec["finite"]["restarts"] == restarts == len(rec["finite"]["accuracies"])
+    evals = TINY["methods"][rec["method"]]["finite"]
+    evals = evals if isinstance(evals, list) else [evals]
+    assert len(rec["finite"]) == len(evals)
+    for e, r in zip(evals, rec["finite"]):
+      assert r["restarts"] == e["restarts"] == len(r["accuracies"])
+      assert r["column"] == e.get("column", e["model"])
     assert rec["distill_seconds"] >= 0 and rec["eval_seconds"] > 0
     assert (out / rec["distilled"]).exists() and (out / rec["grid"]).exists()
   assert not (out / "checkpoints" / "kip_fc_ipc1").exists()  # removed once the cell is done
+  assert not list((out / "cells").glob("*.finite*.json"))  # stage files too
+
+
+def test_tuned_evaluation_chooses_on_validation_data_and_records_it(suite):
+  _, out, _ = suite
+  rec = json.loads((out / "cells" / "kip_fc_ipc1.json").read_text())
+  fixed, tuned = rec["finite"]
+  assert "tuning" not in fixed or not fixed["tuning"]
+  t = tuned["tuning"]
+  assert t["validation_size"] == 50 and t["lr_rule"] == "ntk"
+  assert t["chosen"]["lr_factor"] in (0.5, 1.0) and len(t["grid"]) == 2
+  assert tuned["recipe"]["learning_rate"] == pytest.approx(t["chosen"]["learning_rate"])
 
 
 def test_table_has_anchor_columns_and_caption(suite):
@@ -70,6 +91,16 @@ def test_table_has_anchor_columns_and_caption(suite):
   table = (out / "table.md").read_text()
   header = table.splitlines()[table.splitlines().index(first["table"].splitlines()[0])]
   assert "published KRR %" in header and "published finite %" in header
+  assert "FC-32 % (mean ± std)" in header and "FC-16 tuned % (mean ± std)" in header
+  assert "fc % (mean ± std)" in header  # a single evaluation's column: its model name
+  kip_row = next(line for line in table.splitlines() if line.startswith("| KIP, FC kernel"))
+  assert kip_row.count("(n=1)") == 1 and kip_row.count("(n=2)") == 1
+  random_row = next(line for line in table.splitlines() if line.startswith("| random real"))
+  assert random_row.count("(n=2)") == 1 and random_row.count("| - |") >= 2  # no FC-32 columns
+  assert "Finite protocols (column: protocol, unless the row names another): FC-32: " \
+         "fc(width=32)/kip 5 steps" in table
+  assert "L2 tuned on 50 training images (f in 0.5/1, L2 in 0)" in table
+  assert "| as caption |" in kip_row
   assert "| KIP, FC kernel | 1 |" in table and "| random real | 1 |" in table
   assert "Test settings" in table and "Not in this tier: kip_convnet" in table
   summary = json.loads((out / "suite.json").read_text())
@@ -89,7 +120,7 @@ def test_anchors_are_filled_in_for_fashion_mnist():
 def test_fashion_mnist_tables_end_with_the_ceiling_of_each_network():
   config = dict(TINY, dataset={"name": "fashion_mnist"})
   cells = run.plan(config)
-  models = {c.settings["finite"].get("model", "convnet") for c in cells}
+  models = {"fc"}  # every finite evaluation of TINY trains an FC network
   rec = {"label": "x", "krr": {"accuracy": 0.5}, "finite": {"mean": 0.5, "std": 0.0,
                                                             "restarts": 1},
          "distill_seconds": 1.0, "eval_seconds": 1.0, "machine": {"device": "cpu:0"}}
@@ -134,17 +165,64 @@ def test_time_budget_stops_between_restart_groups_and_resumes(suite, tmp_path):
   args = ["--config", str(config), "--out", str(out), "--only", "random"]
   first = run.main(args + ["--max-minutes", "0"])  # the first group always runs
   assert first["computed"] == [] and "restart group 1 of 2" in first["stopped"]
-  stage = json.loads((out / "cells" / "random_ipc1.finite.json").read_text())
+  stage = json.loads((out / "cells" / "random_ipc1.finite0.json").read_text())
   assert len(stage["groups"]) == 1
   saved = (out / "distilled" / "random_ipc1.npz").stat().st_mtime_ns
   second = run.main(args)
   assert second["computed"] == ["random_ipc1"]
   rec = json.loads((out / "cells" / "random_ipc1.json").read_text())
-  assert rec["finite"]["seeds"] == [0, 1] and rec["finite"]["restarts"] == 2
-  assert rec["finite"]["accuracies"][0] == stage["groups"][0]["accuracies"][0]
+  (fin,) = rec["finite"]
+  assert fin["seeds"] == [0, 1] and fin["restarts"] == 2
+  assert fin["accuracies"][0] == stage["groups"][0]["accuracies"][0]
   assert (out / "distilled" / "random_ipc1.npz").stat().st_mtime_ns == saved
-  assert not (out / "cells" / "random_ipc1.finite.json").exists()
+  assert not (out / "cells" / "random_ipc1.finite0.json").exists()
   assert "Not yet run: kip_fc_ipc1" in second["caption"]
+
+
+def test_time_budget_stops_between_evaluations_and_keeps_the_first(tmp_path):
+  config = json.loads(json.dumps(TINY))
+  ev = {"model": "fc", "recipe": "dc", "restarts": 1, "recipe_overrides": {"epochs": 3}}
+  config["methods"]["random"]["finite"] = [dict(ev, column="A", model_kwargs={"width": 32}),
+                                           dict(ev, column="B", model_kwargs={"width": 16})]
+  path = tmp_path / "two.json"
+  path.write_text(json.dumps(config))
+  out = tmp_path / "out"
+  args = ["--config", str(path), "--out", str(out), "--only", "random"]
+  first = run.main(args + ["--max-minutes", "0"])  # evaluation A runs, B does not start
+  assert first["computed"] == [] and "finite evaluation 2 of 2 not started" in first["stopped"]
+  stage = json.loads((out / "cells" / "random_ipc1.finite0.json").read_text())
+  assert not (out / "cells" / "random_ipc1.finite1.json").exists()
+  second = run.main(args)
+  assert second["computed"] == ["random_ipc1"]
+  rec = json.loads((out / "cells" / "random_ipc1.json").read_text())
+  assert [r["column"] for r in rec["finite"]] == ["A", "B"]
+  assert rec["finite"][0]["accuracies"] == stage["groups"][0]["accuracies"]  # kept, not rerun
+
+
+@pytest.mark.parametrize("finite, match", [
+    ({"model": "fc", "recipe": "kip", "restarts": 2, "fresh_subsets": True, "tune": True},
+     "tune with fresh_subsets"),
+    ({"model": "fc", "recipe": "kip", "restarts": 4, "restarts_per_call": 2, "tune": True},
+     "tune with restarts_per_call"),
+    ({"model": "fc", "recipe": "kip", "tune": {"lr_factor": [1.0]}}, "lr_factor"),
+    ({"model": "fc", "recipe": "kip", "tune": "yes"}, "finite.tune='yes'"),
+])
+def test_bad_finite_evaluations_are_named_before_any_compute(finite, match):
+  config = json.loads(json.dumps(TINY))
+  config["methods"]["random"]["finite"] = finite
+  cell = [c for c in run.plan(config) if c.method == "random"][0]
+  with pytest.raises((ValueError, TypeError), match=match):
+    run.validate(cell)
+
+
+def test_config_check_names_bad_finite_lists():
+  config = json.loads(json.dumps(TINY))
+  config["methods"]["random"]["finite"] = [{"model": "fc"}, {"model": "fc"}]
+  with pytest.raises(ValueError, match="share the column"):
+    run.check_config(config)
+  config["methods"]["random"]["finite"] = "fc"
+  with pytest.raises(ValueError, match="expected an evaluation"):
+    run.check_config(config)
 
 
 def test_changed_settings_recompute_the_cell(suite, tmp_path):
@@ -215,7 +293,7 @@ def test_time_boxed_cell_stops_on_budget_and_resumes_to_the_same_set(suite, tmp_
   rec = json.loads((out / "cells" / "kip_fc_ipc1.json").read_text())
   ref = json.loads((reference / "cells" / "kip_fc_ipc1.json").read_text())
   assert rec["krr"]["accuracy"] == ref["krr"]["accuracy"]
-  assert rec["finite"]["accuracies"] == ref["finite"]["accuracies"]
+  assert [r["accuracies"] for r in rec["finite"]] == [r["accuracies"] for r in ref["finite"]]
   assert not (out / "checkpoints" / "kip_fc_ipc1").exists()
 
 

@@ -7,7 +7,8 @@ A cell writes, under the suite's ``OUT`` folder:
   settings start afresh); removed once the cell is finished;
 * ``distilled/CELL.npz`` and ``.png`` and ``cells/CELL.distilled.json`` once the set is
   distilled (a crash during the evaluation reuses them);
-* ``cells/CELL.finite.json``: finished restart groups of the finite evaluation;
+* ``cells/CELL.finiteI.json``: finished restart groups of the cell's I-th finite evaluation
+  (``I = 0, 1, ...``);
 * ``cells/CELL.json``: the cell record, last.
 """
 
@@ -22,7 +23,7 @@ from typing import Any, Mapping, Optional
 from benchmarks import common
 from benchmarks.suite import evaluation
 from benchmarks.suite import methods
-from benchmarks.suite.budget import BudgetSpent, seconds_left
+from benchmarks.suite.budget import BudgetSpent, seconds_left, spent
 from benchmarks.suite.files import CELL_KIND, jsonable, read_json
 from benchmarks.suite.plan import Cell, digest, fingerprint
 
@@ -35,7 +36,7 @@ def cell_paths(out: str, cell: Cell) -> dict[str, str]:
   """The files of ``cell`` under the suite folder ``out`` (see the module docstring)."""
   return {"cell": os.path.join(out, "cells", f"{cell.name}.json"),
           "stage": os.path.join(out, "cells", f"{cell.name}.distilled.json"),
-          "finite_stage": os.path.join(out, "cells", f"{cell.name}.finite.json"),
+          "finite_stage": os.path.join(out, "cells", f"{cell.name}.finite{{}}.json"),
           "npz": os.path.join(out, "distilled", f"{cell.name}.npz"),
           "png": os.path.join(out, "distilled", f"{cell.name}.png"),
           "checkpoint": os.path.join(out, "checkpoints", cell.name)}
@@ -132,24 +133,30 @@ def run_cell(config: Mapping[str, Any], cell: Cell, ds, out: str, *, progress: b
   if s.get("krr") is not None:
     rec["krr"] = evaluation.krr(distilled, ds, s["krr"])
     logger.info("%s: KRR %.2f %%", cell.name, 100 * rec["krr"]["accuracy"])
-  if s.get("finite") is not None:
+  evals = evaluation.evaluations(s.get("finite"))
+  if evals:
     n_test = config.get("finite_num_test")
     ds_finite = ds if not n_test else ds.subset(n_test=int(n_test), seed=seed)
-    rec["finite"] = evaluation.finite(distilled, ds_finite, cell.ipc, s["finite"], seed,
-                                      progress, stage_path=paths["finite_stage"], fp=fp,
-                                      deadline=deadline)
-    logger.info("%s: finite %.2f +- %.2f %% (%d restarts)", cell.name,
-                100 * rec["finite"]["mean"], 100 * rec["finite"]["std"],
-                rec["finite"]["restarts"])
-  rec["eval_seconds"] = sum(r["seconds"] for r in (rec["krr"], rec["finite"]) if r)
+    rec["finite"] = []
+    for i, opts in enumerate(evals):
+      if i > 0 and spent(deadline):
+        raise BudgetSpent(f"finite evaluation {i + 1} of {len(evals)} not started")
+      r = evaluation.finite(distilled, ds_finite, cell.ipc, opts, seed, progress,
+                            stage_path=paths["finite_stage"].format(i), fp=fp,
+                            deadline=deadline)
+      rec["finite"].append(r)
+      logger.info("%s: %s %.2f +- %.2f %% (%d restarts)", cell.name, r["column"],
+                  100 * r["mean"], 100 * r["std"], r["restarts"])
+  rec["eval_seconds"] = sum(r["seconds"] for r in [rec["krr"], *(rec["finite"] or [])] if r)
   rec["seconds"] = rec["distill_seconds"] + rec["eval_seconds"]
   rec["machine"] = {**common.machine(), "device_label": device_label()}
   rec["distill_machine"] = distill_machine
   rec["command"] = command
   rec["finished_utc"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
   common.write_json(paths["cell"], jsonable(rec))
-  if os.path.exists(paths["finite_stage"]):
-    os.remove(paths["finite_stage"])
+  for i in range(len(evals)):
+    if os.path.exists(paths["finite_stage"].format(i)):
+      os.remove(paths["finite_stage"].format(i))
   if os.path.isdir(paths["checkpoint"]):
     shutil.rmtree(paths["checkpoint"])
   return rec

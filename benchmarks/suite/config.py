@@ -15,6 +15,8 @@ import logging
 import os
 from typing import Any, Mapping, Optional
 
+from benchmarks.suite.evaluation import column
+
 __all__ = ["BENCH_DIR", "CONFIG_DIR", "METHODS", "load_config", "check_config", "merge",
            "all_ipcs"]
 
@@ -63,10 +65,20 @@ def check_config(config: Mapping[str, Any]) -> None:
     if algo not in registry.names():
       raise ValueError(f"method {name!r}: algorithm={algo!r}; expected one of "
                        f"{registry.names()} (the kip.methods registry).")
-    finite = m.get("finite")
-    if finite is not None and finite.get("protocol", "transfer") not in _PROTOCOLS:
-      raise ValueError(f"method {name!r}: finite.protocol={finite.get('protocol')!r}; expected "
-                       f"one of {list(_PROTOCOLS)}.")
+    for over in [m, *m.get("per_ipc", {}).values()]:
+      finite = over.get("finite")
+      evals = [finite] if isinstance(finite, Mapping) else finite or []
+      if not isinstance(evals, list) or not all(isinstance(e, Mapping) for e in evals):
+        raise ValueError(f"method {name!r}: finite={finite!r}; expected an evaluation (a dict), "
+                         "a list of them (one table column each) or null.")
+      for e in evals:
+        if e.get("protocol", "transfer") not in _PROTOCOLS:
+          raise ValueError(f"method {name!r}: finite.protocol={e.get('protocol')!r}; expected "
+                           f"one of {list(_PROTOCOLS)}.")
+      columns = [column(e) for e in evals]
+      if len(set(columns)) < len(columns):
+        raise ValueError(f"method {name!r}: two finite evaluations share the column "
+                         f"{columns}; give each a distinct 'column'.")
     bad = set(m.get("per_ipc", {})) - {str(i) for i in all_ipcs(config, m)}
     if bad:
       logger.debug("method %s has per_ipc entries %s outside its IPC list", name, sorted(bad))

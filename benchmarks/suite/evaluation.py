@@ -11,7 +11,30 @@ from benchmarks import common
 from benchmarks.suite.budget import BudgetSpent, spent
 from benchmarks.suite.files import read_json
 
-__all__ = ["krr", "finite"]
+__all__ = ["krr", "finite", "evaluations", "column"]
+
+
+def evaluations(setting: Any) -> list[dict[str, Any]]:
+  """A cell's finite evaluations as a list: ``finite`` may be one evaluation (a dict), a list
+  of them (one table column each) or ``None``."""
+  if setting is None:
+    return []
+  if isinstance(setting, Mapping):
+    return [dict(setting)]
+  if isinstance(setting, (list, tuple)) and all(isinstance(e, Mapping) for e in setting):
+    return [dict(e) for e in setting]
+  raise ValueError(f"finite={setting!r}: expected an evaluation (a dict), a list of them or "
+                   "null.")
+
+
+def column(opts: Mapping[str, Any]) -> str:
+  """The table column of a finite evaluation: its ``column``, else ``'DD learned steps'`` for
+  the ``'dd'`` protocol, else the model's name."""
+  if opts.get("column"):
+    return str(opts["column"])
+  if opts.get("protocol", "transfer") == "dd":
+    return "DD learned steps"
+  return str(opts.get("model", "convnet"))
 
 
 def krr(distilled, ds, opts: Mapping[str, Any]) -> dict[str, Any]:
@@ -32,6 +55,12 @@ def finite(distilled, ds, ipc: int, opts: Mapping[str, Any], seed: int, progress
            deadline: Optional[float] = None) -> dict[str, Any]:
   """Finite networks trained on the set: mean +- std over restarts.
 
+  ``opts`` holds ``model``, ``recipe``, ``restarts``, ``model_kwargs``, ``recipe_overrides``,
+  ``augment`` (``True``: DSA's, or a strategy string), ``tune`` (``kip.transfer.Tune``
+  fields: the learning rate and L2 chosen on a validation split carved from the training set,
+  then ``restarts`` networks trained with them), ``fresh_subsets`` (random real images: a new
+  subset per network, no tuning), ``restarts_per_call`` and ``column``.
+
   With ``restarts_per_call = k`` the restarts run in groups of ``k`` (group ``g`` seeded with
   ``seed + g``), each group's accuracies saved to ``stage_path`` as it finishes, so that a run
   cut short (a 10-minute GPU chunk, ``--max-minutes``) continues at the next group. The
@@ -47,7 +76,8 @@ def finite(distilled, ds, ipc: int, opts: Mapping[str, Any], seed: int, progress
     t = time.time()
     r = kip.baselines.evaluate_dd(distilled, ds, key=seed, restarts=restarts,
                                   model=opts.get("model"), init=opts.get("init"))
-    return {"protocol": "dd", "mean": r.mean, "std": r.std, "accuracies": list(r.accuracies),
+    return {"protocol": "dd", "column": column(opts), "mean": r.mean, "std": r.std,
+            "accuracies": list(r.accuracies),
             "restarts": len(r.accuracies), "model": r.model, "recipe": "dd learned steps",
             "init": r.init, "init_accuracy": r.init_accuracy, "seconds": time.time() - t}
   augment = opts.get("augment")
@@ -70,16 +100,18 @@ def finite(distilled, ds, ipc: int, opts: Mapping[str, Any], seed: int, progress
     if opts.get("fresh_subsets"):  # the published random baseline: a new subset per network
       r = kip.transfer.evaluate_random(ds, ipc, **kwargs)
     else:
-      r = kip.transfer.evaluate(distilled, ds, **kwargs)
+      r = kip.transfer.evaluate(distilled, ds, tune=opts.get("tune"), **kwargs)
     done.append(r.to_dict())
-    if stage_path and len(groups) > 1:
+    if stage_path:  # every finished group, so that an interrupted cell keeps it
       common.write_json(stage_path, {"fingerprint": fp, "groups": done})
   accs = np.concatenate([np.asarray(d["accuracies"], float) for d in done])
   out = {k: v for k, v in done[0].items() if k not in ("accuracies", "mean", "std", "seconds",
                                                         "seed")}
-  out.update(protocol="transfer", accuracies=accs.tolist(), mean=float(accs.mean()),
-             std=float(accs.std()), restarts=int(accs.size), seeds=[d["seed"] for d in done],
-             augment=augment or (None if done[0].get("augment", "none") == "none"
-                                 else done[0]["augment"]), fresh_subsets=bool(opts.get("fresh_subsets")),
+  saved_aug = done[0].get("augment", "none")
+  out.update(protocol="transfer", column=column(opts), accuracies=accs.tolist(),
+             mean=float(accs.mean()), std=float(accs.std()), restarts=int(accs.size),
+             seeds=[d["seed"] for d in done],
+             augment=augment or (None if saved_aug == "none" else saved_aug),
+             fresh_subsets=bool(opts.get("fresh_subsets")),
              seconds=float(sum(d["seconds"] for d in done)))
   return out

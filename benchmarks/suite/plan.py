@@ -9,6 +9,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 from benchmarks.suite import methods
 from benchmarks.suite.config import all_ipcs, merge
+from benchmarks.suite.evaluation import evaluations
 
 __all__ = ["Cell", "cell_settings", "plan", "all_cells", "validate", "fingerprint", "digest",
            "PRESENTATION"]
@@ -76,7 +77,7 @@ def validate(cell: Cell, num_classes: int = 10) -> None:
 
   The ``distill`` options go through :func:`benchmarks.suite.methods.resolve` (the method's
   config dataclass via the registry), the KRR kernel through ``kip.kernels.get_kernel`` and
-  the finite protocol through ``kip.transfer``'s recipe and model presets.
+  each finite evaluation through ``kip.transfer``'s recipe and model presets and ``Tune``.
 
   Raises:
     ValueError / TypeError naming the cell and the bad setting.
@@ -87,13 +88,24 @@ def validate(cell: Cell, num_classes: int = 10) -> None:
     methods.resolve(s["algorithm"], cell.ipc, s.get("distill", {}))
     if s.get("krr") is not None and s["krr"].get("kernel") is not None:
       kernels.get_kernel(s["krr"]["kernel"])
-    f = s.get("finite")
-    if f is not None:
+    for f in evaluations(s.get("finite")):
       if f.get("protocol", "transfer") == "transfer":
         transfer.get_recipe(f.get("recipe", "dc"), **(f.get("recipe_overrides") or {}))
         transfer.get_model(f.get("model", "convnet"), num_classes, **(f.get("model_kwargs") or {}))
         if f.get("recipe") == "dsa" and not f.get("augment"):
           raise ValueError("recipe 'dsa' trains with augmentation; set finite.augment")
+        if f.get("tune") is not None:
+          if isinstance(f["tune"], dict):
+            transfer.Tune(**f["tune"])  # a bad field or value fails here
+          elif not isinstance(f["tune"], bool):
+            raise ValueError(f"finite.tune={f['tune']!r}: give true, false or a dict of "
+                             "kip.transfer.Tune fields")
+          if f.get("fresh_subsets"):
+            raise ValueError("finite.tune with fresh_subsets: a new random subset per network "
+                             "is not tuned (kip.transfer.evaluate_random); drop one of them")
+          if int(f.get("restarts_per_call") or f.get("restarts", 1)) < int(f.get("restarts", 1)):
+            raise ValueError("finite.tune with restarts_per_call: every restart group would "
+                             "repeat the search; drop restarts_per_call")
       elif s["algorithm"] != "dd":
         raise ValueError("finite.protocol 'dd' needs a DD set (algorithm 'dd')")
   except (TypeError, ValueError) as e:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import collections
 from typing import Any, Mapping, Optional, Sequence
 
 from benchmarks import common
+from benchmarks.suite.evaluation import column, evaluations
 from benchmarks.suite.plan import Cell
 
 __all__ = ["render_table", "protocol_summary", "distill_summary", "load_ceilings", "ceiling_rows"]
@@ -26,6 +28,13 @@ def protocol_summary(finite: Mapping[str, Any]) -> str:
       "(" + ",".join(f"{k}={v}" for k, v in mk.items()) + ")" if mk else "")
   extra = ", aug" if finite.get("augment") else ""
   extra += ", new subset per net" if finite.get("fresh_subsets") else ""
+  tune = finite.get("tune")
+  if tune:
+    from kip import transfer
+    t = transfer.Tune(**tune) if isinstance(tune, Mapping) else transfer.Tune()
+    extra += (f", lr = f x {t.lr_rule} rule and L2 tuned on {t.validation_size:,} training "
+              f"images (f in {'/'.join(f'{v:g}' for v in t.lr_factors)}, L2 in "
+              f"{'/'.join(f'{v:g}' for v in t.weight_decays)})")
   return f"{model}/{finite.get('recipe', 'dc')} {length}{extra}"
 
 
@@ -70,10 +79,18 @@ def load_ceilings(path: Optional[str] = None) -> dict[str, dict]:
   return {r["model"]: r for r in data.get("rows", [])}
 
 
-def ceiling_rows(models: Sequence[str], ceilings: Mapping[str, dict], width: int) -> list[list]:
-  """One "whole training set" row per finite network of a table (``'-'`` if not measured)."""
+def ceiling_rows(models: Sequence[Optional[str]], ceilings: Mapping[str, dict],
+                 width: int) -> list[list]:
+  """One "whole training set" row per finite network of a table (``'-'`` if not measured).
+
+  ``models[j]`` is the network of the table's ``j``-th finite column (``None``: no ceiling,
+  e.g. DD's own networks); the ceiling goes in that column, after ``method, IPC, KRR %,
+  published KRR %``.
+  """
   rows = []
-  for m in models:
+  for j, m in enumerate(models):
+    if m is None or m in models[:j]:
+      continue
     r = ceilings.get(m)
     if r is None:
       fin, proto, secs, device = "not measured", f"{m}: no ceiling run yet", "-", "-"
@@ -83,10 +100,31 @@ def ceiling_rows(models: Sequence[str], ceilings: Mapping[str, dict], width: int
       proto = (f"{m}/ceiling {r['epochs']} ep, lr {res['recipe']['learning_rate']:.3g} "
                "(Whole-training-set ceilings)")
       secs, device = f"{r['seconds']:.0f}", "CPU, 2 cores"
-    row = [f"whole training set ({m}; ceiling)", "all", "-", "-", fin, "-", proto, "-", secs,
+    cols = ["-"] * len(models)
+    cols[j] = fin
+    row = [f"whole training set ({m}; ceiling)", "all", "-", "-", *cols, "-", proto, "-", secs,
            device]
     rows.append(row[:width])
   return rows
+
+
+def _columns(cells: Sequence[Cell]) -> list[tuple[str, Optional[str]]]:
+  """The finite columns of a table in order of first use: ``(name, network)`` (network
+  ``None`` for the DD protocol)."""
+  cols: dict[str, Optional[str]] = {}
+  for cell in cells:
+    for f in evaluations(cell.settings.get("finite")):
+      name = column(f)
+      if name not in cols:
+        cols[name] = (None if f.get("protocol", "transfer") == "dd"
+                      else f.get("model", "convnet"))
+  return list(cols.items())
+
+
+def _fin_text(r: Optional[Mapping[str, Any]]) -> str:
+  if not r:
+    return "-"
+  return f"{100 * r['mean']:.1f} ± {100 * r['std']:.1f} (n={r['restarts']})"
 
 
 def render_table(config: Mapping[str, Any], records: Sequence[Optional[dict]],
@@ -94,13 +132,29 @@ def render_table(config: Mapping[str, Any], records: Sequence[Optional[dict]],
                  ) -> tuple[str, str]:
   """``(table, caption)`` in Markdown; unfinished cells are listed in the caption.
 
-  On Fashion-MNIST the table ends with the whole-training-set ceiling of every finite network
-  it uses (``ceilings``: rows by network name; default :func:`load_ceilings`).
+  One column per finite evaluation (``column`` of each entry of a cell's ``finite``, in
+  order of first use). Each column's most common protocol is stated once in the caption; a
+  row's protocol entry names any other. On Fashion-MNIST the table ends
+  with the whole-training-set ceiling of every finite network it uses (``ceilings``: rows by
+  network name; default :func:`load_ceilings`).
   """
   fmnist = config["dataset"]["name"] == "fashion_mnist"
-  header = ["method", "IPC", "KRR %", "published KRR %", "finite % (mean ± std)",
-            "published finite %", "finite protocol", "distil s", "eval s", "device"]
-  rows, pending, devices = [], [], set()
+  cols = _columns(cells)
+  names = [c for c, _ in cols]
+  counts: dict[str, collections.Counter] = {c: collections.Counter() for c in names}
+  for cell in cells:
+    for f in evaluations(cell.settings.get("finite")):
+      counts[column(f)][protocol_summary(f)] += 1
+  # Each column's most common protocol goes in the caption; rows name any other.
+  shared = {c: v.most_common(1)[0][0] for c, v in counts.items()}
+  if len(names) == 1 and len(counts[names[0]]) > 1:
+    shared = {}  # one column with several protocols: each row names its own
+  header = ["method", "IPC", "KRR %", "published KRR %",
+            *[f"{c} % (mean ± std)" for c in names], "published finite %",
+            "finite protocol", "distil s", "eval s", "device"]
+  if len(names) == 1:
+    header[4] = "finite % (mean ± std)"
+  rows, pending = [], []
   for cell, rec in zip(cells, records):
     if rec is None:
       pending.append(cell.name)
@@ -109,21 +163,19 @@ def render_table(config: Mapping[str, Any], records: Sequence[Optional[dict]],
     anchors = s.get("anchor", {})
     pub = lambda kind: (common.anchor(anchors[kind], cell.ipc)  # noqa: E731
                         if fmnist and anchors.get(kind) else "-")
-    fin = rec.get("finite")
-    fin_txt = "-" if not fin else (f"{100 * fin['mean']:.1f} ± {100 * fin['std']:.1f} "
-                                   f"(n={fin['restarts']})")
+    results = {r.get("column") or column(f): r for f, r in
+               zip(evaluations(s.get("finite")), evaluations(rec.get("finite")))}
+    own = [f"{column(f)}: {protocol_summary(f)}" if len(names) > 1 else protocol_summary(f)
+           for f in evaluations(s.get("finite"))
+           if shared.get(column(f)) != protocol_summary(f)]
     device = rec["machine"].get("device_label", rec["machine"]["device"])
-    devices.add(device)
     rows.append([rec.get("label", cell.method), cell.ipc,
-                 _pct(rec["krr"]["accuracy"]) if rec.get("krr") else "-", pub("krr"), fin_txt,
-                 pub("finite"), protocol_summary(s["finite"]) if s.get("finite") else "-",
+                 _pct(rec["krr"]["accuracy"]) if rec.get("krr") else "-", pub("krr"),
+                 *[_fin_text(results.get(c)) for c in names], pub("finite"),
+                 "; ".join(own) or "as caption",
                  f"{rec['distill_seconds']:.0f}", f"{rec['eval_seconds']:.0f}", device])
-  models = []
-  for cell in cells:
-    fin = cell.settings.get("finite") or {}
-    if fin and fin.get("protocol") != "dd" and fin.get("model", "convnet") not in models:
-      models.append(fin.get("model", "convnet"))
-  if fmnist and models:
+  models = [m for _, m in cols]
+  if fmnist and any(models):
     rows += ceiling_rows(models, load_ceilings() if ceilings is None else ceilings,
                          len(header))
   table = common.markdown_table(header, rows)
@@ -137,6 +189,9 @@ def render_table(config: Mapping[str, Any], records: Sequence[Optional[dict]],
            f"{', ' + size if size else ''}), test accuracy %, seed {config.get('seed', 0)}."]
   if config.get("caption"):
     lines.append(config["caption"])
+  if shared:
+    lines.append("Finite protocols (column: protocol, unless the row names another): " +
+                 "; ".join(f"{c}: {p}" for c, p in shared.items()) + ".")
   for method, why in config.get("omitted", {}).items():
     lines.append(f"Not in this tier: {method} ({why}).")
   lines.append("Published numbers: ANCHORS.md via benchmarks/common.py (Fashion-MNIST; '(?)' = "
@@ -149,7 +204,7 @@ def render_table(config: Mapping[str, Any], records: Sequence[Optional[dict]],
       distil = "; ".join(f"IPC {c.ipc}: {distill_summary(c.settings)}" for c in same)
       settings.append(f"{cell.method}: {distil}")
   lines.append("Settings used: " + " | ".join(settings) + ".")
-  if fmnist and models:
+  if fmnist and any(models):
     lines.append("Ceiling rows: the same network trained on the whole training set (minus a "
                  "5,000-image validation split) with the epoch-based ceiling protocol "
                  "(section 'Whole-training-set ceilings'), tested on all 10,000 test images; a "
