@@ -100,11 +100,20 @@ def test_table_has_anchor_columns_and_caption(suite):
   assert "Finite protocols (column: protocol, unless the row names another): FC-32: " \
          "fc(width=32)/kip 5 steps" in table
   assert "L2 tuned on 50 training images (f in 0.5/1, L2 in 0)" in table
+  assert "; fc: fc(width=32)/dc 5 ep, new subset per net." in table
   assert "| as caption |" in kip_row
   assert "| KIP, FC kernel | 1 |" in table and "| random real | 1 |" in table
   assert "Test settings" in table and "Not in this tier: kip_convnet" in table
   summary = json.loads((out / "suite.json").read_text())
   assert summary["kind"] == run.SUITE_KIND and summary["pending"] == []
+
+
+def test_protocol_summary_names_the_preset_length_and_the_search():
+  from benchmarks.suite.tables import protocol_summary
+  assert protocol_summary({"model": "convnet", "recipe": "dc"}) == "convnet/dc 300 ep"
+  assert protocol_summary({"model": "fc", "recipe": "kip"}) == "fc/kip 5000 steps"
+  tuned = protocol_summary({"model": "fc", "recipe": "kip", "tune": {"search_epochs": 1000}})
+  assert tuned.endswith("(f in 0.25/0.5/1, L2 in 0/0.001, 1000-epoch search runs)")
 
 
 def test_anchors_are_filled_in_for_fashion_mnist():
@@ -260,6 +269,28 @@ def test_write_results_collects_every_result(suite, tmp_path):
   assert "results/suite_tiny/distilled/kip_fc_ipc1.png" in md
   assert "\n## Protocols\n" in md  # the protocol paragraphs, then one section per result
   assert md.count("\n## ") == 5
+
+
+def test_readme_block_holds_the_cpu_tier_table(suite, tmp_path):
+  from benchmarks.suite import results_md
+  _, out, _ = suite
+  results = tmp_path / "results"
+  (results / "suite_cpu").mkdir(parents=True)
+  (results / "suite_cpu" / "suite.json").write_text((out / "suite.json").read_text())
+  readme = tmp_path / "README.md"
+  text = f"# x\n\nbefore\n{results_md.README_BEGIN}\nstale\n{results_md.README_END}\nafter\n"
+  readme.write_text(text)
+  assert run.update_readme(str(results), str(readme))
+  new = readme.read_text()
+  assert new.startswith("# x\n\nbefore\n") and new.endswith(f"{results_md.README_END}\nafter\n")
+  assert "stale" not in new and "| KIP, FC kernel | 1 |" in new
+  header = next(line for line in new.splitlines() if line.startswith("| method"))
+  assert "FC-32 % (mean ± std)" in header and "device" not in header
+  assert "python -m benchmarks.run --config" in new
+  assert run.update_readme(str(results), str(readme)) and readme.read_text() == new  # idempotent
+  readme.write_text("no markers\n")
+  assert not run.update_readme(str(results), str(readme))
+  assert readme.read_text() == "no markers\n"
 
 
 @pytest.mark.parametrize("tier", ["cpu", "gpu"])

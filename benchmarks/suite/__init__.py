@@ -33,6 +33,7 @@ from benchmarks.suite.plan import plan
 from benchmarks.suite.plan import validate
 from benchmarks.suite.results_md import RESULTS_MD
 from benchmarks.suite.results_md import collect_sections
+from benchmarks.suite.results_md import update_readme
 from benchmarks.suite.results_md import write_results_md
 from benchmarks.suite.runner import default_out
 from benchmarks.suite.runner import main
@@ -45,5 +46,5 @@ __all__ = [
     "SUITE_KIND", "all_cells", "cell_paths", "cell_settings", "check_config",
     "collect_sections", "default_out", "device_label", "finished", "fingerprint",
     "load_config", "load_dataset", "main", "merge", "plan", "render_table", "run_cell",
-    "run_suite", "validate", "write_results_md", "write_suite",
+    "run_suite", "update_readme", "validate", "write_results_md", "write_suite",
 ]

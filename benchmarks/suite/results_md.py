@@ -19,11 +19,18 @@ from benchmarks import common
 from benchmarks.suite.config import BENCH_DIR
 from benchmarks.suite.files import SUITE_KIND, read_json, rel
 
-__all__ = ["RESULTS_MD", "collect_sections", "write_results_md"]
+__all__ = ["RESULTS_MD", "README_MD", "README_BEGIN", "README_END", "collect_sections",
+           "write_results_md", "readme_table", "update_readme"]
 
 logger = logging.getLogger(__name__)
 
 RESULTS_MD = os.path.join(BENCH_DIR, "RESULTS.md")
+README_MD = os.path.join(os.path.dirname(BENCH_DIR), "README.md")
+# The README's copy of the CPU tier's table sits between these two lines.
+README_BEGIN = "<!-- cpu tier table: written by python -m benchmarks.run --write-results -->"
+README_END = "<!-- end of cpu tier table -->"
+# Columns of a suite table the README leaves out (RESULTS.md has them).
+_README_DROP = ("finite protocol", "distil s", "eval s", "device")
 
 
 def _args_command(module: str, args: Mapping[str, Any]) -> str:
@@ -229,7 +236,7 @@ names which, and any deviation from it.
   100, 5,000 steps, cosine decay, L2 1e-3, and a fixed lr 0.01 unless the section says `tune`:
   then the lr is a factor times the network's NTK rule (`2mK / lambda_max` of its empirical NTK
   at init) and the factor and L2 are chosen on the last 5,000 training images, never the test
-  set.
+  set (the search runs are as long as the final ones unless the section gives their length).
 - **Whole-data ceiling** (`benchmarks.ceilings`): the network trained on the training set minus
   the last 5,000 images, lr chosen on those 5,000 with short runs; softmax cross-entropy, SGD
   momentum 0.9, batch 256, cosine decay, L2 5e-4, one network, tested once.
@@ -240,9 +247,58 @@ Sections measured before 2026-12-02 used the earlier label rule (labels as given
 learned labels for cross-entropy) and a fixed lr; they say so where it matters."""
 
 
+def readme_table(suite: Mapping[str, Any]) -> str:
+  """A suite's table for the README: without the protocol, time and device columns, with a
+  line naming its commands and the cells still to run."""
+  lines = [line for line in suite.get("table", "").splitlines() if line.startswith("|")]
+  if not lines:
+    return "No cell finished yet."
+  header = [c.strip() for c in lines[0].strip("|").split("|")]
+  keep = [i for i, c in enumerate(header) if c not in _README_DROP]
+  rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
+  table = common.markdown_table([header[i] for i in keep], [[r[i] for i in keep] for r in rows])
+  pending = suite.get("pending") or []
+  note = (f"`{'`, `'.join(suite.get('commands') or ['?'])}`, "
+          f"{', '.join(suite.get('devices') or ['?'])}, cells finished "
+          f"{' to '.join(x for x in suite.get('finished') or [] if x) or '-'}"
+          + (f"; not yet run: {', '.join(pending)}" if pending else "")
+          + ". Protocols and settings: benchmarks/RESULTS.md.")
+  return table + "\n\n" + note
+
+
+def update_readme(results_dir: str = common.RESULTS_DIR, path: Optional[str] = None,
+                  suite_name: str = "suite_cpu") -> bool:
+  """Replaces the README's block between :data:`README_BEGIN` and :data:`README_END` with
+  :func:`readme_table` of ``results_dir/suite_name/suite.json``; ``False`` (and nothing
+  written) when either is missing."""
+  path = path or README_MD
+  suite = read_json(os.path.join(results_dir, suite_name, "suite.json"))
+  if not os.path.exists(path) or not isinstance(suite, Mapping):
+    return False
+  with open(path) as f:
+    text = f.read()
+  if README_BEGIN not in text or README_END not in text.split(README_BEGIN, 1)[1]:
+    return False
+  head, rest = text.split(README_BEGIN, 1)
+  tail = rest.split(README_END, 1)[1]
+  new = head + README_BEGIN + "\n" + readme_table(suite) + "\n" + README_END + tail
+  if new != text:
+    from kip._src.io import atomic_write
+    with atomic_write(path, "w") as f:
+      f.write(new)
+  return True
+
+
 def write_results_md(results_dir: str = common.RESULTS_DIR,
-                     path: Optional[str] = None) -> str:
-  """Assembles ``benchmarks/RESULTS.md`` from the result files under ``results_dir``."""
+                     path: Optional[str] = None, readme: Optional[str] = None) -> str:
+  """Assembles ``benchmarks/RESULTS.md`` from the result files under ``results_dir``.
+
+  With ``readme`` (a path), also refreshes that file's CPU-tier table
+  (:func:`update_readme`); the runner passes the project README when it writes the real
+  RESULTS.md.
+  """
+  if readme is not None:
+    update_readme(results_dir, readme)
   path = path or RESULTS_MD
   start = os.path.dirname(os.path.abspath(path))
   sections = collect_sections(results_dir, start) if os.path.isdir(results_dir) else []

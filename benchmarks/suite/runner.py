@@ -45,7 +45,7 @@ from benchmarks.suite.cells import finished, load_dataset, run_cell
 from benchmarks.suite.config import load_config
 from benchmarks.suite.files import SUITE_KIND, jsonable
 from benchmarks.suite.plan import all_cells, plan, validate
-from benchmarks.suite.results_md import write_results_md
+from benchmarks.suite.results_md import README_MD, write_results_md
 from benchmarks.suite.tables import render_table
 
 __all__ = ["run_suite", "write_suite", "default_out", "main"]
@@ -112,7 +112,8 @@ def run_suite(config: Mapping[str, Any], out: str, *, only: Optional[Sequence[st
   summary = write_suite(config, out, command=command)
   summary.update(computed=computed, stopped=stopped, seconds=time.time() - start)
   if write_results:
-    write_results_md(results_dir)
+    write_results_md(results_dir, readme=README_MD if results_dir == common.RESULTS_DIR
+                     else None)
   return summary
 
 
@@ -175,7 +176,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
   common.setup_logging(quiet_kip=True)
   if a.tier is None and a.config is None:
     if a.write_results:
-      print(write_results_md())
+      print(write_results_md(readme=README_MD))
       return None
     p.error("give --tier, --config or --write-results")
   config = load_config(a.tier, a.config)

@@ -17,12 +17,13 @@ def _pct(x: Optional[float]) -> str:
 
 
 def protocol_summary(finite: Mapping[str, Any]) -> str:
-  """Short description of a finite-network protocol, e.g. ``fc/kip 1000 steps x3``."""
+  """Short description of a finite-network protocol, e.g. ``fc/kip 1000 steps, aug``."""
   if finite.get("protocol") == "dd":
     return f"{finite.get('model') or 'distillation model'}, DD learned steps"
-  ro = finite.get("recipe_overrides") or {}
-  length = (f"{ro['steps']} steps" if "steps" in ro else f"{ro['epochs']} ep" if "epochs" in ro
-            else "preset length")
+  from kip import transfer
+  recipe = transfer.get_recipe(finite.get("recipe", "dc"),
+                               **(finite.get("recipe_overrides") or {}))
+  length = f"{recipe.steps} steps" if recipe.steps is not None else f"{recipe.epochs} ep"
   mk = finite.get("model_kwargs")
   model = finite.get("model", "convnet") + (
       "(" + ",".join(f"{k}={v}" for k, v in mk.items()) + ")" if mk else "")
@@ -30,11 +31,11 @@ def protocol_summary(finite: Mapping[str, Any]) -> str:
   extra += ", new subset per net" if finite.get("fresh_subsets") else ""
   tune = finite.get("tune")
   if tune:
-    from kip import transfer
     t = transfer.Tune(**tune) if isinstance(tune, Mapping) else transfer.Tune()
+    search = "" if t.search_epochs is None else f", {t.search_epochs}-epoch search runs"
     extra += (f", lr = f x {t.lr_rule} rule and L2 tuned on {t.validation_size:,} training "
               f"images (f in {'/'.join(f'{v:g}' for v in t.lr_factors)}, L2 in "
-              f"{'/'.join(f'{v:g}' for v in t.weight_decays)})")
+              f"{'/'.join(f'{v:g}' for v in t.weight_decays)}{search})")
   return f"{model}/{finite.get('recipe', 'dc')} {length}{extra}"
 
 
