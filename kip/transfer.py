@@ -38,6 +38,7 @@ from kip._src.transfer.train import training_targets
 from kip._src.transfer.ntk import ntk_learning_rate
 from kip._src.transfer.ntk import ntk_max_eigenvalue
 from kip._src.transfer.tuning import Tune
+from kip._src.transfer.tuning import grid_edges
 
 __all__ = (
     "AlexNetSmall",
@@ -60,6 +61,7 @@ __all__ = (
     "evaluate_random",
     "get_model",
     "get_recipe",
+    "grid_edges",
     "make_optimizer",
     "ntk_learning_rate",
     "ntk_max_eigenvalue",

@@ -102,6 +102,12 @@ def test_table_has_anchor_columns_and_caption(suite):
   assert "L2 tuned on 50 training images (f in 0.5/1, L2 in 0)" in table
   assert "; fc: fc(width=32)/dc 5 ep, new subset per net." in table
   assert "| as caption |" in kip_row
+  # The tuned column's choices, starred on the grid's edge (two factors: always the edge).
+  rec = json.loads((out / "cells" / "kip_fc_ipc1.json").read_text())
+  f = rec["finite"][1]["tuning"]["chosen"]["lr_factor"]
+  assert ("FC-16 tuned tuning, chosen lr factor / L2 by method and IPC (1 of 1 with a value on "
+          f"the grid's edge, starred: the best setting may lie outside the grid): "
+          f"kip_fc 1: {f:g}* / 0." in table)
   assert "| KIP, FC kernel | 1 |" in table and "| random real | 1 |" in table
   assert "Test settings" in table and "Not in this tier: kip_convnet" in table
   summary = json.loads((out / "suite.json").read_text())
@@ -242,6 +248,42 @@ def test_changed_settings_recompute_the_cell(suite, tmp_path):
   cells = run.plan(config)
   assert run.finished(config, cells[0], str(out)) is not None
   assert run.finished(config, cells[1], str(out)) is None
+
+
+def test_changed_evaluation_reuses_the_set_and_the_unchanged_evaluations(suite, tmp_path,
+                                                                        capsys):
+  """Only the changed evaluation runs (and KRR); the set and the other evaluation carry over."""
+  import shutil
+  _, out, _ = suite
+  work = tmp_path / "out"
+  shutil.copytree(out, work)
+  before = json.loads((work / "cells" / "kip_fc_ipc1.json").read_text())
+  saved = (work / "distilled" / "kip_fc_ipc1.npz").stat().st_mtime_ns
+  config = json.loads(json.dumps(TINY))
+  config["methods"]["kip_fc"]["finite"][1]["recipe_overrides"] = {"steps": 6}
+  path = tmp_path / "changed.json"
+  path.write_text(json.dumps(config))
+  run.main(["--config", str(path), "--out", str(work), "--dry-run"])
+  listing = capsys.readouterr().out
+  assert "kip_fc_ipc1          to run (reuses distilled set, finite0)" in listing
+  summary = run.main(["--config", str(path), "--out", str(work), "--only", "kip_fc",
+                      "--no-results-md"])
+  assert summary["computed"] == ["kip_fc_ipc1"]
+  rec = json.loads((work / "cells" / "kip_fc_ipc1.json").read_text())
+  assert (work / "distilled" / "kip_fc_ipc1.npz").stat().st_mtime_ns == saved
+  assert rec["reused"] == {"parts": ["finite0"], "command": before["command"],
+                           "finished_utc": before["finished_utc"]}
+  assert rec["krr"]["accuracy"] == before["krr"]["accuracy"]  # recomputed, same set
+  assert rec["finite"][0] == before["finite"][0]
+  assert rec["finite"][1]["recipe"]["steps"] == 6 != before["finite"][1]["recipe"]["steps"]
+  assert before["command"] in summary["commands"]
+  # A changed distillation carries nothing over.
+  config["methods"]["kip_fc"]["distill"]["steps"] = 2
+  path.write_text(json.dumps(config))
+  run.main(["--config", str(path), "--out", str(work), "--only", "kip_fc", "--no-results-md"])
+  again = json.loads((work / "cells" / "kip_fc_ipc1.json").read_text())
+  assert "reused" not in again and again["distill_steps"] == 2
+  assert (work / "distilled" / "kip_fc_ipc1.npz").stat().st_mtime_ns != saved
 
 
 def test_write_results_collects_every_result(suite, tmp_path):

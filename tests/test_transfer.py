@@ -386,6 +386,24 @@ def test_evaluate_tuned_on_validation_never_the_test_set(monkeypatch):
   assert result.recipe["learning_rate"] == pytest.approx(t["chosen"]["learning_rate"])
   assert "tuned on 30 validation images" in str(result)
   assert result.restarts == 2
+  # Two factors: whichever wins sits on the grid's edge, and the report says so.
+  side = "largest" if t["chosen"]["lr_factor"] == 1.0 else "smallest"
+  assert t["grid_edges"] == [f"lr_factor {t['chosen']['lr_factor']:g} is the {side} of 0.5 / 1"]
+
+
+def test_tuning_grid_edges():
+  """A choice at the end of the searched range is flagged; L2 = 0 is a natural lower bound."""
+  from kip._src.transfer.tuning import grid_edges
+  pts = [{"lr_factor": f, "weight_decay": w} for f in (0.25, 0.5, 1.0) for w in (0.0, 1e-3)]
+  assert grid_edges(pts, {"lr_factor": 0.5, "weight_decay": 0.0}) == []
+  assert grid_edges(pts, {"lr_factor": 1.0, "weight_decay": 1e-3}) == [
+      "lr_factor 1 is the largest of 0.25 / 0.5 / 1",
+      "weight_decay 0.001 is the largest of 0 / 0.001"]
+  assert grid_edges(pts, {"lr_factor": 0.25, "weight_decay": 0.0}) == [
+      "lr_factor 0.25 is the smallest of 0.25 / 0.5 / 1"]
+  pts = [{"lr_factor": 1.0, "weight_decay": w} for w in (1e-4, 1e-3)]
+  assert grid_edges(pts, {"lr_factor": 1.0, "weight_decay": 1e-4}) == [
+      "weight_decay 0.0001 is the smallest of 0.0001 / 0.001"]
 
 
 def test_tuning_lr_is_the_ntk_rule():

@@ -10,6 +10,13 @@ A cell writes, under the suite's ``OUT`` folder:
 * ``cells/CELL.finiteI.json``: finished restart groups of the cell's I-th finite evaluation
   (``I = 0, 1, ...``);
 * ``cells/CELL.json``: the cell record, last.
+
+When a cell's settings change only in how its set is *evaluated* (``krr``, ``finite``), the
+unchanged parts are not recomputed: the saved distilled set is kept (its stage file matches on
+:func:`distill_part`), and every finite evaluation of the previous record whose settings are
+unchanged is carried over (:func:`previous`; KRR, seconds, is recomputed); the new record lists them under
+``reused`` with the command and time that produced them. Like a finished cell, a reused part
+is trusted to be what the current code would compute; delete ``cells/CELL.json`` to recompute.
 """
 
 from __future__ import annotations
@@ -27,7 +34,8 @@ from benchmarks.suite.budget import BudgetSpent, seconds_left, spent
 from benchmarks.suite.files import CELL_KIND, jsonable, read_json
 from benchmarks.suite.plan import Cell, digest, fingerprint
 
-__all__ = ["cell_paths", "finished", "run_cell", "device_label", "load_dataset"]
+__all__ = ["cell_paths", "finished", "run_cell", "device_label", "load_dataset", "distill_part",
+           "previous", "reusable"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +58,55 @@ def finished(config: Mapping[str, Any], cell: Cell, out: str) -> Optional[dict]:
   return None
 
 
+EVALUATION_KEYS = ("krr", "finite")
+
+
+def distill_part(fp: Mapping[str, Any]) -> dict[str, Any]:
+  """The part of a cell fingerprint that determines its distilled set (all but evaluation)."""
+  settings = {k: v for k, v in fp["settings"].items() if k not in EVALUATION_KEYS}
+  return {**{k: v for k, v in fp.items() if k not in ("settings", "finite_num_test")},
+          "settings": settings}
+
+
+def previous(config: Mapping[str, Any], cell: Cell, out: str) -> Optional[dict]:
+  """The cell's earlier record if it differs from ``config`` only in evaluation settings."""
+  rec = read_json(cell_paths(out, cell)["cell"])
+  fp = jsonable(fingerprint(config, cell))
+  if (rec is None or rec.get("fingerprint") == fp or "fingerprint" not in rec
+      or distill_part(rec["fingerprint"]) != distill_part(fp)):
+    return None
+  return rec
+
+
+def reusable(config: Mapping[str, Any], cell: Cell, out: str) -> dict[str, Any]:
+  """What an unfinished cell can take from its earlier record (:func:`previous`).
+
+  Returns:
+    ``{"distilled": bool, "record": rec or None, "finite": {i: result}}``: whether the saved
+    distilled set serves these settings, and for the ``i``-th finite evaluation of ``config``
+    the earlier result of an evaluation with the same settings (and the same
+    ``finite_num_test``). KRR (seconds) is always recomputed. Nothing is reused unless the saved distilled set was made with
+    the same distillation settings (it is the set those results were measured on).
+  """
+  rec = previous(config, cell, out)
+  fp = jsonable(fingerprint(config, cell))
+  saved = _saved_stage(cell_paths(out, cell), fp) is not None
+  if not saved:
+    rec = None  # the set will be distilled again: nothing else carries over
+  reuse: dict[str, Any] = {"distilled": saved, "record": rec, "finite": {}}
+  if rec is None:
+    return reuse
+  old, s = rec["fingerprint"], jsonable(cell.settings)
+  if old.get("finite_num_test") == config.get("finite_num_test"):
+    before = list(zip(evaluation.evaluations(old["settings"].get("finite")),
+                      evaluation.evaluations(rec.get("finite"))))
+    for i, opts in enumerate(evaluation.evaluations(s.get("finite"))):
+      hit = next((r for o, r in before if o == opts and r), None)
+      if hit is not None:
+        reuse["finite"][i] = hit
+  return reuse
+
+
 def load_dataset(config: Mapping[str, Any]):
   """The config's data set (``kip.data.load(name, **rest)``)."""
   import kip
@@ -68,6 +125,15 @@ def device_label() -> str:
       f" x{jax.device_count()}" if jax.device_count() > 1 else "")
 
 
+def _saved_stage(paths: Mapping[str, str], fp: Any) -> Optional[dict]:
+  """The stage file of a saved distilled set made with ``fp``'s distillation settings."""
+  stage = read_json(paths["stage"])
+  if (stage is not None and "fingerprint" in stage and os.path.exists(paths["npz"])
+      and distill_part(stage["fingerprint"]) == distill_part(fp)):
+    return stage
+  return None
+
+
 def _distil(cell: Cell, ds, paths: Mapping[str, str], fp: Any, seed: int, progress: bool,
             deadline: Optional[float]):
   """The cell's distilled set, its seconds and machine: saved, or distilled (resumed) now.
@@ -76,8 +142,8 @@ def _distil(cell: Cell, ds, paths: Mapping[str, str], fp: Any, seed: int, progre
     BudgetSpent: the driver stopped on the time budget (its checkpoint is kept).
   """
   from kip import DistilledSet
-  stage = read_json(paths["stage"])
-  if stage is not None and stage.get("fingerprint") == fp and os.path.exists(paths["npz"]):
+  stage = _saved_stage(paths, fp)
+  if stage is not None:
     logger.info("%s: reusing the distilled set saved before the interruption", cell.name)
     return DistilledSet.load(paths["npz"]), stage["distill_seconds"], stage["machine"]
   s = cell.settings
@@ -121,8 +187,10 @@ def run_cell(config: Mapping[str, Any], cell: Cell, ds, out: str, *, progress: b
   fp = jsonable(fingerprint(config, cell))
   seed = int(config.get("seed", 0))
   s = cell.settings
+  reuse = reusable(config, cell, out)
   distilled, distill_seconds, distill_machine = _distil(cell, ds, paths, fp, seed, progress,
                                                         deadline)
+  reused = []
   rec: dict[str, Any] = {"kind": CELL_KIND, "method": cell.method, "ipc": cell.ipc,
                          "label": s.get("label", cell.method), "fingerprint": fp,
                          "distill_seconds": distill_seconds, "num_images": len(distilled),
@@ -139,6 +207,13 @@ def run_cell(config: Mapping[str, Any], cell: Cell, ds, out: str, *, progress: b
     ds_finite = ds if not n_test else ds.subset(n_test=int(n_test), seed=seed)
     rec["finite"] = []
     for i, opts in enumerate(evals):
+      if i in reuse["finite"]:
+        rec["finite"].append(reuse["finite"][i])
+        reused.append(f"finite{i}")
+        logger.info("%s: %s reused from the record of %s", cell.name,
+                    evaluation.column(opts),
+                    reuse["record"].get("finished_utc"))
+        continue
       if i > 0 and spent(deadline):
         raise BudgetSpent(f"finite evaluation {i + 1} of {len(evals)} not started")
       r = evaluation.finite(distilled, ds_finite, cell.ipc, opts, seed, progress,
@@ -152,6 +227,10 @@ def run_cell(config: Mapping[str, Any], cell: Cell, ds, out: str, *, progress: b
   rec["machine"] = {**common.machine(), "device_label": device_label()}
   rec["distill_machine"] = distill_machine
   rec["command"] = command
+  if reused:  # parts carried over from the earlier record: what, and what produced them
+    prev = reuse["record"]
+    rec["reused"] = {"parts": reused, "command": prev.get("command"),
+                     "finished_utc": prev.get("finished_utc")}
   rec["finished_utc"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
   common.write_json(paths["cell"], jsonable(rec))
   for i in range(len(evals)):

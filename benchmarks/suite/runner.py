@@ -11,7 +11,9 @@ cell is one unit of work:
 2. evaluate (KRR, finite networks), record wall times and the device;
 3. write ``OUT/cells/METHOD_ipcN.json``.
 
-Finished cells are never recomputed (unless their settings changed); a crash or Ctrl-C
+Finished cells are never recomputed (unless their settings changed; a change in evaluation
+settings only reruns the changed evaluations, keeping the distilled set, and ``--dry-run``
+lists what each cell reuses); a crash or Ctrl-C
 mid-cell recomputes only that cell: the distillation resumes from the driver's checkpoint
 (bit-identical to an uninterrupted run), a saved distilled set is reused when the crash came
 during the evaluation, and finished restart groups are kept. After the cells, ``OUT/table.md``
@@ -41,7 +43,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 from benchmarks import common
 from benchmarks.suite.budget import BudgetSpent
-from benchmarks.suite.cells import finished, load_dataset, run_cell
+from benchmarks.suite.cells import finished, load_dataset, reusable, run_cell
 from benchmarks.suite.config import load_config
 from benchmarks.suite.files import SUITE_KIND, jsonable
 from benchmarks.suite.plan import all_cells, plan, validate
@@ -136,7 +138,8 @@ def write_suite(config: Mapping[str, Any], out: str, *, command: str = "") -> di
       "devices": sorted({r["machine"].get("device_label", r["machine"]["device"])
                          for r in done}),
       "pending": [c.name for c, r in zip(cells, records) if r is None],
-      "commands": sorted({r.get("command") or "?" for r in done}),
+      "commands": sorted({r.get("command") or "?" for r in done}
+                         | {r["reused"].get("command") or "?" for r in done if r.get("reused")}),
       "finished": [min((r["finished_utc"] for r in done), default=None),
                    max((r["finished_utc"] for r in done), default=None)],
       "total_seconds": sum(r["seconds"] for r in done), "machine": common.machine(),
@@ -185,6 +188,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
     for cell in plan(config, a.only, a.ipc):
       validate(cell)
       state = "done" if finished(config, cell, out) else "to run"
+      if state != "done":
+        reuse = reusable(config, cell, out)
+        parts = (["distilled set"] if reuse["distilled"] else []) + [
+            f"finite{i}" for i in sorted(reuse["finite"])]
+        state += f" (reuses {', '.join(parts)})" if parts else ""
       print(f"{cell.name:20s} {state:7s} {json.dumps(cell.settings, sort_keys=True)}")
     return None
   command = "python -m benchmarks.run " + " ".join(shlex.quote(x) for x in argv)

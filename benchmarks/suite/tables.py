@@ -9,7 +9,8 @@ from benchmarks import common
 from benchmarks.suite.evaluation import column, evaluations
 from benchmarks.suite.plan import Cell
 
-__all__ = ["render_table", "protocol_summary", "distill_summary", "load_ceilings", "ceiling_rows"]
+__all__ = ["render_table", "protocol_summary", "distill_summary", "load_ceilings", "ceiling_rows",
+           "tuning_summary"]
 
 
 def _pct(x: Optional[float]) -> str:
@@ -122,6 +123,34 @@ def _columns(cells: Sequence[Cell]) -> list[tuple[str, Optional[str]]]:
   return list(cols.items())
 
 
+def tuning_summary(cells: Sequence[Cell], records: Sequence[Optional[dict]]) -> list[str]:
+  """One caption line per tuned column: the chosen lr factor / L2 of every finished row.
+
+  A value on the edge of its search grid (``kip.transfer.grid_edges``: the best setting may lie
+  outside the grid) is starred, and the line says how many rows have one.
+  """
+  from kip.transfer import grid_edges
+  chosen: dict[str, list[str]] = {}
+  starred: dict[str, int] = collections.Counter()
+  for cell, rec in zip(cells, records):
+    if rec is None:
+      continue
+    for f, r in zip(evaluations(cell.settings.get("finite")), evaluations(rec.get("finite"))):
+      t = (r or {}).get("tuning")
+      if not t or not t.get("chosen"):
+        continue
+      c, name = t["chosen"], r.get("column") or column(f)
+      edges = " ".join(e.split()[0] for e in grid_edges(t.get("grid", []), c))
+      star = lambda key: "*" if key in edges else ""  # noqa: E731
+      chosen.setdefault(name, []).append(
+          f"{cell.method} {cell.ipc}: {c['lr_factor']:g}{star('lr_factor')} / "
+          f"{c['weight_decay']:g}{star('weight_decay')}")
+      starred[name] += bool(edges)
+  return [f"{name} tuning, chosen lr factor / L2 by method and IPC ({starred[name]} of "
+          f"{len(v)} with a value on the grid's edge, starred: the best setting may lie "
+          f"outside the grid): {'; '.join(v)}." for name, v in chosen.items()]
+
+
 def _fin_text(r: Optional[Mapping[str, Any]]) -> str:
   if not r:
     return "-"
@@ -210,6 +239,7 @@ def render_table(config: Mapping[str, Any], records: Sequence[Optional[dict]],
                  "5,000-image validation split) with the epoch-based ceiling protocol "
                  "(section 'Whole-training-set ceilings'), tested on all 10,000 test images; a "
                  "distilled set above its ceiling would mean the protocol is wrong.")
+  lines += tuning_summary(cells, records)
   if pending:
     lines.append(f"Not yet run: {', '.join(pending)}.")
   return table, "\n".join(lines)

@@ -793,10 +793,14 @@ def _tune(run, dataset: Any, model: nn.Module, recipe: Recipe, tune: "tuning_lib
                 p["learning_rate"], p["lr_factor"], tune.lr_rule, p["weight_decay"],
                 p["val_accuracy"])
   chosen = tuning_lib.choose(points)
+  edges = tuning_lib.grid_edges(points, chosen)
+  if edges:
+    logger.warning("tuning: %s; the best value may lie outside the grid, widen "
+                   "Tune.lr_factors / Tune.weight_decays to check", "; ".join(edges))
   report = {"validation_size": int(x_val.shape[0]), "lr_rule": tune.lr_rule,
             "base_learning_rate": float(base), "ntk_images": int(tune.ntk_images),
             "restarts": int(tune.restarts), "search_epochs": tune.search_epochs,
-            "grid": points, "chosen": chosen,
+            "grid": points, "chosen": chosen, "grid_edges": edges,
             "seconds": time.perf_counter() - start}
   return recipe.replace(learning_rate=chosen["learning_rate"],
                         weight_decay=chosen["weight_decay"]), report

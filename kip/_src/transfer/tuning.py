@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["Tune", "LR_RULES", "as_tune", "validation_split", "grid", "choose"]
+__all__ = ["Tune", "LR_RULES", "as_tune", "validation_split", "grid", "choose", "grid_edges"]
 
 LR_RULES = ("ntk", "recipe")
 
@@ -120,3 +120,28 @@ def choose(points: Sequence[dict[str, Any]]) -> dict[str, Any]:
   if not np.isfinite(accs).any():
     raise ValueError("every tuning point diverged; lower Tune.lr_factors or check the set.")
   return dict(points[int(np.nanargmax(accs))])
+
+
+def grid_edges(points: Sequence[dict[str, Any]], chosen: dict[str, Any]) -> list[str]:
+  """Where ``chosen`` sits on the edge of the grid of ``points``: the best value may lie outside.
+
+  An ``lr_factor`` at the smallest or largest of several factors is flagged, and a
+  ``weight_decay`` at the largest of several (or at the smallest when that is not 0, the
+  natural lower bound).
+
+  Returns:
+    One sentence per flagged value, e.g. ``'lr_factor 0.5 is the largest of 0.0625 / 0.125 /
+    0.25 / 0.5'``; empty when the choice is inside the grid.
+  """
+  out = []
+  for name in ("lr_factor", "weight_decay"):
+    values = sorted({float(p[name]) for p in points})
+    v = float(chosen[name])
+    if len(values) < 2:
+      continue
+    grid_text = " / ".join(f"{x:g}" for x in values)
+    if v == values[-1]:
+      out.append(f"{name} {v:g} is the largest of {grid_text}")
+    elif v == values[0] and not (name == "weight_decay" and v == 0.0):
+      out.append(f"{name} {v:g} is the smallest of {grid_text}")
+  return out
