@@ -14,9 +14,11 @@ A cell writes, under the suite's ``OUT`` folder:
 When a cell's settings change only in how its set is *evaluated* (``krr``, ``finite``), the
 unchanged parts are not recomputed: the saved distilled set is kept (its stage file matches on
 :func:`distill_part`), and every finite evaluation of the previous record whose settings are
-unchanged is carried over (:func:`previous`; KRR, seconds, is recomputed); the new record lists them under
-``reused`` with the command and time that produced them. Like a finished cell, a reused part
-is trusted to be what the current code would compute; delete ``cells/CELL.json`` to recompute.
+unchanged is carried over (:func:`previous`; KRR, seconds, is recomputed); the new record
+lists them under ``reused`` with the command and time of the record they came from (for a
+part that record had itself reused, that record's, not the first one's). Like a finished cell,
+a reused part is trusted to be what the current code would compute; delete ``cells/CELL.json``
+to recompute.
 """
 
 from __future__ import annotations
@@ -85,8 +87,9 @@ def reusable(config: Mapping[str, Any], cell: Cell, out: str) -> dict[str, Any]:
     ``{"distilled": bool, "record": rec or None, "finite": {i: result}}``: whether the saved
     distilled set serves these settings, and for the ``i``-th finite evaluation of ``config``
     the earlier result of an evaluation with the same settings (and the same
-    ``finite_num_test``). KRR (seconds) is always recomputed. Nothing is reused unless the saved distilled set was made with
-    the same distillation settings (it is the set those results were measured on).
+    ``finite_num_test``). KRR (seconds) is always recomputed. Nothing is reused unless the
+    saved distilled set was made with the same distillation settings (it is the set those
+    results were measured on).
   """
   rec = previous(config, cell, out)
   fp = jsonable(fingerprint(config, cell))
