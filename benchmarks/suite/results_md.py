@@ -125,8 +125,8 @@ def _throughput_section(data: Mapping[str, Any]) -> str:
   return table + ("\n\n" + " ".join(extra) if extra else "")
 
 
-_ORDER = ("ceilings_cpu", "suite_cpu", "suite_gpu", "baselines_cpu", "kip_cpu", "transfer_cpu", "cross_arch",
-          "compression_sweep", "poisoning_cpu", "kernel_throughput")
+_ORDER = ("ceilings_cpu", "suite_cpu", "suite_cpu_fc_grid", "suite_gpu", "baselines_cpu", "kip_cpu",
+          "transfer_cpu", "cross_arch", "compression_sweep", "poisoning_cpu", "kernel_throughput")
 
 
 def _section_key(path: str) -> tuple[int, str]:
