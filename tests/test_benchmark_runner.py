@@ -192,6 +192,14 @@ def test_time_budget_stops_between_restart_groups_and_resumes(suite, tmp_path):
   assert (out / "distilled" / "random_ipc1.npz").stat().st_mtime_ns == saved
   assert not (out / "cells" / "random_ipc1.finite0.json").exists()
   assert "Not yet run: kip_fc_ipc1" in second["caption"]
+  # Provenance: the set and restart group 0 came from the first call, group 1 from the second.
+  cmd = "python -m benchmarks.run " + " ".join(args)
+  first_cmd = cmd + " --max-minutes 0"
+  assert stage["groups"][0]["command"] == first_cmd
+  assert rec["distill_command"] == first_cmd and rec["command"] == cmd
+  assert fin["commands"] == [first_cmd, cmd]
+  assert rec["commands"] == [first_cmd, cmd]
+  assert {first_cmd, cmd} <= set(second["commands"])
 
 
 def test_time_budget_stops_between_evaluations_and_keeps_the_first(tmp_path):
@@ -277,6 +285,9 @@ def test_changed_evaluation_reuses_the_set_and_the_unchanged_evaluations(suite, 
   assert rec["finite"][0] == before["finite"][0]
   assert rec["finite"][1]["recipe"]["steps"] == 6 != before["finite"][1]["recipe"]["steps"]
   assert before["command"] in summary["commands"]
+  assert rec["distill_command"] == before["distill_command"] == before["command"]
+  assert rec["finite"][1]["commands"] == [rec["command"]] != [before["command"]]
+  assert rec["commands"] == [before["command"], rec["command"]]
   # A changed distillation carries nothing over.
   config["methods"]["kip_fc"]["distill"]["steps"] = 2
   path.write_text(json.dumps(config))

@@ -15,10 +15,13 @@ When a cell's settings change only in how its set is *evaluated* (``krr``, ``fin
 unchanged parts are not recomputed: the saved distilled set is kept (its stage file matches on
 :func:`distill_part`), and every finite evaluation of the previous record whose settings are
 unchanged is carried over (:func:`previous`; KRR, seconds, is recomputed); the new record
-lists them under ``reused`` with the command and time of the record they came from (for a
-part that record had itself reused, that record's, not the first one's). Like a finished cell,
-a reused part is trusted to be what the current code would compute; delete ``cells/CELL.json``
-to recompute.
+lists them under ``reused`` with the command and time of the record they came from. Like a
+finished cell, a reused part is trusted to be what the current code would compute; delete
+``cells/CELL.json`` to recompute.
+
+Provenance: the stage files record the command that wrote them (the distilled set's, each
+restart group's), and the record's ``commands`` lists every command that produced a part of
+it: the distillation, each restart group, the parts carried over, and the final call.
 """
 
 from __future__ import annotations
@@ -137,9 +140,16 @@ def _saved_stage(paths: Mapping[str, str], fp: Any) -> Optional[dict]:
   return None
 
 
+def _unique(items) -> list:
+  """``items`` without ``None`` and repeats, in first-seen order."""
+  return list(dict.fromkeys(i for i in items if i is not None))
+
+
 def _distil(cell: Cell, ds, paths: Mapping[str, str], fp: Any, seed: int, progress: bool,
-            deadline: Optional[float]):
-  """The cell's distilled set, its seconds and machine: saved, or distilled (resumed) now.
+            deadline: Optional[float], command: str):
+  """The cell's distilled set, its seconds, machine and command: saved, or distilled now.
+
+  A distillation resumed from the driver's checkpoint records the command that finished it.
 
   Raises:
     BudgetSpent: the driver stopped on the time budget (its checkpoint is kept).
@@ -148,7 +158,8 @@ def _distil(cell: Cell, ds, paths: Mapping[str, str], fp: Any, seed: int, progre
   stage = _saved_stage(paths, fp)
   if stage is not None:
     logger.info("%s: reusing the distilled set saved before the interruption", cell.name)
-    return DistilledSet.load(paths["npz"]), stage["distill_seconds"], stage["machine"]
+    return (DistilledSet.load(paths["npz"]), stage["distill_seconds"], stage["machine"],
+            stage.get("command"))
   s = cell.settings
   t = time.time()
   spec = methods.resolve(s["algorithm"], cell.ipc, s.get("distill", {}))
@@ -164,8 +175,8 @@ def _distil(cell: Cell, ds, paths: Mapping[str, str], fp: Any, seed: int, progre
   distilled.save(paths["npz"])
   distilled.grid(paths["png"], class_names=ds.class_names)
   common.write_json(paths["stage"], {"fingerprint": fp, "distill_seconds": seconds,
-                                     "machine": machine})
-  return distilled, seconds, machine
+                                     "machine": machine, "command": command})
+  return distilled, seconds, machine, command
 
 
 def run_cell(config: Mapping[str, Any], cell: Cell, ds, out: str, *, progress: bool = False,
@@ -191,8 +202,8 @@ def run_cell(config: Mapping[str, Any], cell: Cell, ds, out: str, *, progress: b
   seed = int(config.get("seed", 0))
   s = cell.settings
   reuse = reusable(config, cell, out)
-  distilled, distill_seconds, distill_machine = _distil(cell, ds, paths, fp, seed, progress,
-                                                        deadline)
+  distilled, distill_seconds, distill_machine, distill_command = _distil(
+      cell, ds, paths, fp, seed, progress, deadline, command)
   reused = []
   rec: dict[str, Any] = {"kind": CELL_KIND, "method": cell.method, "ipc": cell.ipc,
                          "label": s.get("label", cell.method), "fingerprint": fp,
@@ -221,7 +232,7 @@ def run_cell(config: Mapping[str, Any], cell: Cell, ds, out: str, *, progress: b
         raise BudgetSpent(f"finite evaluation {i + 1} of {len(evals)} not started")
       r = evaluation.finite(distilled, ds_finite, cell.ipc, opts, seed, progress,
                             stage_path=paths["finite_stage"].format(i), fp=fp,
-                            deadline=deadline)
+                            deadline=deadline, command=command)
       rec["finite"].append(r)
       logger.info("%s: %s %.2f +- %.2f %% (%d restarts)", cell.name, r["column"],
                   100 * r["mean"], 100 * r["std"], r["restarts"])
@@ -230,10 +241,16 @@ def run_cell(config: Mapping[str, Any], cell: Cell, ds, out: str, *, progress: b
   rec["machine"] = {**common.machine(), "device_label": device_label()}
   rec["distill_machine"] = distill_machine
   rec["command"] = command
+  rec["distill_command"] = distill_command
+  prev_commands = []
   if reused:  # parts carried over from the earlier record: what, and what produced them
     prev = reuse["record"]
     rec["reused"] = {"parts": reused, "command": prev.get("command"),
                      "finished_utc": prev.get("finished_utc")}
+    prev_commands = prev.get("commands") or [prev.get("command")]
+  rec["commands"] = _unique([distill_command,
+                             *[c for r in rec["finite"] or [] for c in r.get("commands", [])],
+                             *prev_commands, command])
   rec["finished_utc"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
   common.write_json(paths["cell"], jsonable(rec))
   for i in range(len(evals)):

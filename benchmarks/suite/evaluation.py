@@ -52,7 +52,7 @@ def krr(distilled, ds, opts: Mapping[str, Any]) -> dict[str, Any]:
 
 def finite(distilled, ds, ipc: int, opts: Mapping[str, Any], seed: int, progress: bool, *,
            stage_path: Optional[str] = None, fp: Any = None,
-           deadline: Optional[float] = None) -> dict[str, Any]:
+           deadline: Optional[float] = None, command: Optional[str] = None) -> dict[str, Any]:
   """Finite networks trained on the set: mean +- std over restarts.
 
   ``opts`` holds ``model``, ``recipe``, ``restarts``, ``model_kwargs``, ``recipe_overrides``,
@@ -64,7 +64,8 @@ def finite(distilled, ds, ipc: int, opts: Mapping[str, Any], seed: int, progress
   With ``restarts_per_call = k`` the restarts run in groups of ``k`` (group ``g`` seeded with
   ``seed + g``), each group's accuracies saved to ``stage_path`` as it finishes, so that a run
   cut short (a 10-minute GPU chunk, ``--max-minutes``) continues at the next group. The
-  ``'dd'`` protocol trains the DD set's own network with its learned step sizes.
+  ``'dd'`` protocol trains the DD set's own network with its learned step sizes. Each group
+  records ``command`` (the call that ran it); the result lists them under ``commands``.
 
   Raises:
     BudgetSpent: ``deadline`` passed between two restart groups (the first group of a call
@@ -79,7 +80,8 @@ def finite(distilled, ds, ipc: int, opts: Mapping[str, Any], seed: int, progress
     return {"protocol": "dd", "column": column(opts), "mean": r.mean, "std": r.std,
             "accuracies": list(r.accuracies),
             "restarts": len(r.accuracies), "model": r.model, "recipe": "dd learned steps",
-            "init": r.init, "init_accuracy": r.init_accuracy, "seconds": time.time() - t}
+            "init": r.init, "init_accuracy": r.init_accuracy, "seconds": time.time() - t,
+            "commands": [command] if command else []}
   augment = opts.get("augment")
   augment_fn = "reference"  # the reference code's evaluation augmentation (none on F-MNIST)
   if augment:
@@ -101,16 +103,17 @@ def finite(distilled, ds, ipc: int, opts: Mapping[str, Any], seed: int, progress
       r = kip.transfer.evaluate_random(ds, ipc, **kwargs)
     else:
       r = kip.transfer.evaluate(distilled, ds, tune=opts.get("tune"), **kwargs)
-    done.append(r.to_dict())
+    done.append({**r.to_dict(), "command": command})
     if stage_path:  # every finished group, so that an interrupted cell keeps it
       common.write_json(stage_path, {"fingerprint": fp, "groups": done})
   accs = np.concatenate([np.asarray(d["accuracies"], float) for d in done])
   out = {k: v for k, v in done[0].items() if k not in ("accuracies", "mean", "std", "seconds",
-                                                        "seed")}
+                                                        "seed", "command")}
   saved_aug = done[0].get("augment", "none")
   out.update(protocol="transfer", column=column(opts), accuracies=accs.tolist(),
              mean=float(accs.mean()), std=float(accs.std()), restarts=int(accs.size),
              seeds=[d["seed"] for d in done],
+             commands=list(dict.fromkeys(d["command"] for d in done if d.get("command"))),
              augment=augment or (None if saved_aug == "none" else saved_aug),
              fresh_subsets=bool(opts.get("fresh_subsets")),
              seconds=float(sum(d["seconds"] for d in done)))

@@ -138,7 +138,7 @@ def write_suite(config: Mapping[str, Any], out: str, *, command: str = "") -> di
       "devices": sorted({r["machine"].get("device_label", r["machine"]["device"])
                          for r in done}),
       "pending": [c.name for c, r in zip(cells, records) if r is None],
-      "commands": sorted({r.get("command") or "?" for r in done}
+      "commands": sorted({c or "?" for r in done for c in r.get("commands") or [r.get("command")]}
                          | {r["reused"].get("command") or "?" for r in done if r.get("reused")}),
       "finished": [min((r["finished_utc"] for r in done), default=None),
                    max((r["finished_utc"] for r in done), default=None)],
