@@ -358,6 +358,7 @@ def test_tier_configs_are_valid(tier):
 
 def test_fc_grid_check_remakes_the_cpu_tier_sets_and_widens_only_the_fc_grid():
   from benchmarks.suite import cells, config as suite_config, files
+  from kip.transfer import get_recipe
   tier = run.load_config("cpu")
   check = run.load_config(path=os.path.join(suite_config.CONFIG_DIR, "cpu_fc_grid.json"))
   tier_cells = {c.name: c for c in run.plan(tier)}
@@ -368,17 +369,23 @@ def test_fc_grid_check_remakes_the_cpu_tier_sets_and_widens_only_the_fc_grid():
     assert cells.distill_part(ours) == cells.distill_part(theirs), cell.name
     assert ours["settings"]["krr"] == theirs["settings"]["krr"]
     assert ours["finite_num_test"] == theirs["finite_num_test"]
-    [fc] = ours["settings"]["finite"]
     [tier_fc] = [f for f in theirs["settings"]["finite"] if f.get("column") == "FC"]
-    assert {k: v for k, v in fc.items() if k != "tune"} == {
-        k: v for k, v in tier_fc.items() if k != "tune"}
+    fc, *longer = ours["settings"]["finite"]
+    for f in [fc, *longer]:  # the tier's FC protocol but for the tuning search
+      assert {k: v for k, v in f.items() if k not in ("tune", "column")} == {
+          k: v for k, v in tier_fc.items() if k not in ("tune", "column")}
     grid, tier_grid = fc["tune"], tier_fc["tune"]
-    assert grid["search_epochs"] == tier_grid["search_epochs"]
+    assert fc["column"] == "FC" and grid["search_epochs"] == tier_grid["search_epochs"]
     assert set(tier_grid["lr_factors"]) < set(grid["lr_factors"])
     assert set(tier_grid["weight_decays"]) < set(grid["weight_decays"])
     assert min(grid["lr_factors"]) < min(tier_grid["lr_factors"])
     assert max(grid["lr_factors"]) > max(tier_grid["lr_factors"])
     assert max(grid["weight_decays"]) > max(tier_grid["weight_decays"])
+    for f in longer:  # the tier's grid, searched with runs as long as the final ones
+      assert f["tune"] == {**tier_grid, "search_epochs": f["tune"]["search_epochs"]}
+      # one batch holds the whole set, so an epoch is a step: as long as the final runs
+      assert 10 * cell.ipc <= get_recipe("kip").batch_size
+      assert f["tune"]["search_epochs"] == get_recipe("kip").steps
 
 
 def test_time_boxed_cell_stops_on_budget_and_resumes_to_the_same_set(suite, tmp_path):
