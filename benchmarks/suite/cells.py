@@ -36,7 +36,7 @@ from benchmarks import common
 from benchmarks.suite import evaluation
 from benchmarks.suite import methods
 from benchmarks.suite.budget import BudgetSpent, seconds_left, spent
-from benchmarks.suite.files import CELL_KIND, jsonable, read_json
+from benchmarks.suite.files import CELL_KIND, commands, jsonable, read_json
 from benchmarks.suite.plan import Cell, digest, fingerprint
 
 __all__ = ["cell_paths", "finished", "run_cell", "device_label", "load_dataset", "distill_part",
@@ -138,11 +138,6 @@ def _saved_stage(paths: Mapping[str, str], fp: Any) -> Optional[dict]:
       and distill_part(stage["fingerprint"]) == distill_part(fp)):
     return stage
   return None
-
-
-def _unique(items) -> list:
-  """``items`` without ``None`` and repeats, in first-seen order."""
-  return list(dict.fromkeys(i for i in items if i is not None))
 
 
 def _distil(cell: Cell, ds, paths: Mapping[str, str], fp: Any, seed: int, progress: bool,
@@ -248,9 +243,9 @@ def run_cell(config: Mapping[str, Any], cell: Cell, ds, out: str, *, progress: b
     rec["reused"] = {"parts": reused, "command": prev.get("command"),
                      "finished_utc": prev.get("finished_utc")}
     prev_commands = prev.get("commands") or [prev.get("command")]
-  rec["commands"] = _unique([distill_command,
-                             *[c for r in rec["finite"] or [] for c in r.get("commands", [])],
-                             *prev_commands, command])
+  rec["commands"] = commands([distill_command,
+                              *[c for r in rec["finite"] or [] for c in r.get("commands", [])],
+                              *prev_commands, command])
   rec["finished_utc"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
   common.write_json(paths["cell"], jsonable(rec))
   for i in range(len(evals)):

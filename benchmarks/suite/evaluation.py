@@ -9,7 +9,7 @@ import numpy as np
 
 from benchmarks import common
 from benchmarks.suite.budget import BudgetSpent, spent
-from benchmarks.suite.files import read_json
+from benchmarks.suite.files import commands, read_json
 
 __all__ = ["krr", "finite", "evaluations", "column"]
 
@@ -81,7 +81,7 @@ def finite(distilled, ds, ipc: int, opts: Mapping[str, Any], seed: int, progress
             "accuracies": list(r.accuracies),
             "restarts": len(r.accuracies), "model": r.model, "recipe": "dd learned steps",
             "init": r.init, "init_accuracy": r.init_accuracy, "seconds": time.time() - t,
-            "commands": [command] if command else []}
+            "commands": commands([command])}
   augment = opts.get("augment")
   augment_fn = "reference"  # the reference code's evaluation augmentation (none on F-MNIST)
   if augment:
@@ -113,7 +113,7 @@ def finite(distilled, ds, ipc: int, opts: Mapping[str, Any], seed: int, progress
   out.update(protocol="transfer", column=column(opts), accuracies=accs.tolist(),
              mean=float(accs.mean()), std=float(accs.std()), restarts=int(accs.size),
              seeds=[d["seed"] for d in done],
-             commands=list(dict.fromkeys(d["command"] for d in done if d.get("command"))),
+             commands=commands(d.get("command") for d in done),
              augment=augment or (None if saved_aug == "none" else saved_aug),
              fresh_subsets=bool(opts.get("fresh_subsets")),
              seconds=float(sum(d["seconds"] for d in done)))

@@ -6,7 +6,7 @@ import json
 import os
 from typing import Any, Optional
 
-__all__ = ["SUITE_KIND", "CELL_KIND", "read_json", "jsonable", "rel"]
+__all__ = ["SUITE_KIND", "CELL_KIND", "read_json", "jsonable", "rel", "commands"]
 
 SUITE_KIND = "benchmark_suite"
 CELL_KIND = "benchmark_cell"
@@ -25,6 +25,11 @@ def jsonable(obj: Any) -> Any:
   """``obj`` as plain JSON values (arrays as lists, anything else unknown as its repr)."""
   return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist")
                                else repr(o)))
+
+
+def commands(items) -> list:
+  """The commands in ``items`` without empty ones and repeats, in first-seen order."""
+  return list(dict.fromkeys(c for c in items if c))
 
 
 def rel(path: str, start: str) -> str:
