@@ -29,7 +29,8 @@ values not run now are kept in the JSON when the other settings match (``--fresh
 
   python -m benchmarks.kip_rf_cpu [--ipc 1 10] [--budget-minutes 60 60] [--width 128]
       [--models 1] [--targets 1280] [--restarts 10 5] [--loss platt|mse] [--fixed-labels]
-      [--optimizer adabelief|adam] [--lr 1e-3] [--validation-size N] [--stored-ipc 1]
+      [--optimizer adabelief|adam] [--lr 1e-3] [--augment flip|crop|flip_crop]
+      [--validation-size N] [--stored-ipc 1]
       [--random-from benchmarks/results/kip_lf_cpu/kip_lf_cpu.json] [--quick]
 """
 
@@ -52,11 +53,11 @@ from benchmarks import common
 logger = logging.getLogger("benchmarks.kip_rf_cpu")
 TARGETS = {1: 74.0, 10: 86.0}  # finite ConvNet-3, DC protocol (issue 13)
 PUBLISHED = {  # ../shared/ANCHORS.md, Fashion-MNIST, after transfer to finite networks
-    "kip_transfer": {1: "73.5", 10: "86.8"},
-    "rfad": {1: "78.6 (?)", 10: "87.0 (?)"},
-    "frepo": {1: "75.6 (?)", 10: "86.2 (?)"},
-    "rcig": {1: "79.8 (?)", 10: "88.5 (?)"},
-    "dsa": {1: "70.6", 10: "84.6"},
+    "kip_transfer": {1: "73.5", 10: "86.8", 50: "88.0"},
+    "rfad": {1: "78.6 (?)", 10: "87.0 (?)", 50: "88.8 (?)"},
+    "frepo": {1: "75.6 (?)", 10: "86.2 (?)", 50: "89.6 (?)"},
+    "rcig": {1: "79.8 (?)", 10: "88.5 (?)", 50: "90.2 (?)"},
+    "dsa": {1: "70.6", 10: "84.6", 50: "88.7"},
 }
 STORED = {  # the library's own sets, evaluated beside KIP-RF under the same protocol
     "DM": os.path.join(common.RESULTS_DIR, "suite_cpu", "distilled", "dm_ipc{ipc}.npz"),
@@ -118,6 +119,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--loss", default="platt", choices=["platt", "mse"])
   p.add_argument("--lr", type=float, default=1e-3, help="learning rate (RFAD: AdaBelief 1e-3)")
   p.add_argument("--optimizer", default="adabelief", choices=["adabelief", "adam"])
+  p.add_argument("--augment", default=None, choices=["flip", "crop", "flip_crop"],
+                 help="DSA flips/crops of the support at every step (default: none)")
   p.add_argument("--fixed-labels", action="store_true",
                  help="keep the centred one-hot labels (images only)")
   p.add_argument("--validation-size", type=int, default=0,
@@ -201,7 +204,7 @@ def main(argv=None):
     t = time.time()
     distilled = kip.distill(ds, images_per_class=ipc, kernel=kernel, get="nngp",
                             loss=a.loss, learn_labels=not a.fixed_labels, steps=a.steps,
-                            optimizer=make_optimizer(a.lr),
+                            optimizer=make_optimizer(a.lr), augment=a.augment,
                             target_batch_size=min(a.targets, ds.x_train.shape[0]), seed=a.seed,
                             time_budget=60 * budgets[ipc], progress=not a.no_progress,
                             **final_eval)
@@ -376,7 +379,9 @@ def _write(a, split, results, distilled=None) -> str:
   caption = (
       f"KIP with {kernel}, {a.loss} loss on centred labels "
       f"({'fixed' if a.fixed_labels else 'learned'}), {a.optimizer} lr {a.lr:g}, {a.targets} "
-      f"targets per step without replacement, time-boxed per IPC by the driver. {krr} "
+      f"targets per step without replacement, "
+      f"{f'support augmented ({a.augment}) at every step, ' if a.augment else ''}"
+      f"time-boxed per IPC by the driver. {krr} "
       f"Finite ConvNet-3: DC protocol (see Protocols) on the "
       f"{split} images; random real: a new class-balanced subset per restart; stored sets: the "
       f"library's DM / DSA (suite_cpu) and KIP-FC (kip_cpu) sets where stored, under the same "

@@ -209,6 +209,30 @@ def test_kip_rf_cpu_stored_only_adds_the_stored_sets_beside_kept_rows(tmp_path, 
                                                    str(out)]), ds, "test", transfer)
 
 
+def test_kip_rf_cpu_passes_the_support_augmentation_to_distill(monkeypatch):
+  """``--augment`` reaches ``kip.distill`` (default: none); other strategies are refused."""
+  import kip
+  from benchmarks import kip_rf_cpu
+  seen = []
+
+  class Stop(Exception):
+    pass
+
+  def fake_distill(ds, **kwargs):
+    seen.append(kwargs)
+    raise Stop
+
+  digits = kip.data.load("digits")
+  monkeypatch.setattr(kip.data, "load", lambda name: digits)
+  monkeypatch.setattr(kip, "distill", fake_distill)
+  for argv, want in ((["--augment", "flip_crop"], "flip_crop"), ([], None)):
+    with pytest.raises(Stop):
+      kip_rf_cpu.main(["--ipc", "1", "--no-progress", "--out", "unused"] + argv)
+    assert seen[-1]["augment"] == want
+  with pytest.raises(SystemExit):
+    kip_rf_cpu.parse_args(["--augment", "rotate"])
+
+
 def test_dd_study_markdown_from_json(tmp_path):
   """The study's Markdown (settings, both tables, figure links) is rebuilt from its JSON."""
   from benchmarks import dd_study
