@@ -29,7 +29,8 @@ values not run now are kept in the JSON when the other settings match (``--fresh
 
   python -m benchmarks.kip_rf_cpu [--ipc 1 10] [--budget-minutes 60 60] [--width 128]
       [--models 1] [--targets 1280] [--restarts 10 5] [--loss platt|mse] [--fixed-labels]
-      [--optimizer adabelief|adam] [--lr 1e-3] [--augment flip|crop|flip_crop]
+      [--optimizer adabelief|adam] [--lr 1e-3] [--lr-decay cosine --steps N]
+      [--augment flip|crop|flip_crop]
       [--validation-size N] [--stored-ipc 1]
       [--random-from benchmarks/results/kip_lf_cpu/kip_lf_cpu.json] [--quick]
 """
@@ -98,6 +99,13 @@ def stored_sets(ds, ipc: int, extra=()) -> dict:
   return out
 
 
+def _learning_rate(a):
+  """``--lr``, or its cosine decay to 10 % over ``--steps`` (``--lr-decay cosine``)."""
+  if a.lr_decay == "cosine":
+    return optax.cosine_decay_schedule(a.lr, a.steps, alpha=0.1)
+  return a.lr
+
+
 def _per_ipc(values, ipcs, what):
   if len(values) == 1:
     return {i: values[0] for i in ipcs}
@@ -119,6 +127,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--loss", default="platt", choices=["platt", "mse"])
   p.add_argument("--lr", type=float, default=1e-3, help="learning rate (RFAD: AdaBelief 1e-3)")
   p.add_argument("--optimizer", default="adabelief", choices=["adabelief", "adam"])
+  p.add_argument("--lr-decay", default=None, choices=["cosine"],
+                 help="cosine: the learning rate decays to 10 %% of --lr over --steps (FRePo's "
+                 "outer schedule); set --steps to what the budget allows (default: constant)")
   p.add_argument("--augment", default=None, choices=["flip", "crop", "flip_crop"],
                  help="DSA flips/crops of the support at every step (default: none)")
   p.add_argument("--fixed-labels", action="store_true",
@@ -204,7 +215,7 @@ def main(argv=None):
     t = time.time()
     distilled = kip.distill(ds, images_per_class=ipc, kernel=kernel, get="nngp",
                             loss=a.loss, learn_labels=not a.fixed_labels, steps=a.steps,
-                            optimizer=make_optimizer(a.lr), augment=a.augment,
+                            optimizer=make_optimizer(_learning_rate(a)), augment=a.augment,
                             target_batch_size=min(a.targets, ds.x_train.shape[0]), seed=a.seed,
                             time_budget=60 * budgets[ipc], progress=not a.no_progress,
                             **final_eval)
@@ -378,7 +389,8 @@ def _write(a, split, results, distilled=None) -> str:
            "is not saved with the set).")
   caption = (
       f"KIP with {kernel}, {a.loss} loss on centred labels "
-      f"({'fixed' if a.fixed_labels else 'learned'}), {a.optimizer} lr {a.lr:g}, {a.targets} "
+      f"({'fixed' if a.fixed_labels else 'learned'}), {a.optimizer} lr {a.lr:g}"
+      f"{f' cosine-decayed to 10 % over {a.steps} steps' if a.lr_decay else ''}, {a.targets} "
       f"targets per step without replacement, "
       f"{f'support augmented ({a.augment}) at every step, ' if a.augment else ''}"
       f"time-boxed per IPC by the driver. {krr} "

@@ -194,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
                  "convnet3; default: the set's own kernel, if any)")
   e.add_argument("--model", default=None, help="also train networks: convnet, kip_convnet, "
                  "fc, lenet, alexnet, resnet")
-  e.add_argument("--recipe", default=None, help="kip or dc (default: kip for kip/ls sets)")
+  e.add_argument("--recipe", default=None,
+                 help="kip, dc or dsa (default: kip for kip/ls sets, else dc)")
   e.add_argument("--restarts", type=_count(1), default=10, help="networks trained")
   e.add_argument("--steps", type=_count(1), default=None, help="override the recipe's steps")
   e.add_argument("--augment", default="reference", help="augment the networks' training "

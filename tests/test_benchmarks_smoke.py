@@ -233,6 +233,42 @@ def test_kip_rf_cpu_passes_the_support_augmentation_to_distill(monkeypatch):
     kip_rf_cpu.parse_args(["--augment", "rotate"])
 
 
+def test_kip_rf_cpu_cosine_decay_reaches_the_optimizer(monkeypatch):
+  """``--lr-decay cosine`` gives the optimizer ``--lr`` decaying to 10 % at ``--steps``;
+  without it the rate is the constant ``--lr``."""
+  import kip
+  import optax
+  from benchmarks import kip_rf_cpu
+  rates, adam = [], optax.adam
+
+  class Stop(Exception):
+    pass
+
+  def fake_distill(ds, **kwargs):
+    raise Stop
+
+  def fake_adam(learning_rate):
+    rates.append(learning_rate)
+    return adam(learning_rate)
+
+  digits = kip.data.load("digits")
+  monkeypatch.setattr(kip.data, "load", lambda name: digits)
+  monkeypatch.setattr(kip, "distill", fake_distill)
+  monkeypatch.setattr(kip_rf_cpu.optax, "adam", fake_adam)
+  base = ["--ipc", "1", "--no-progress", "--out", "unused", "--optimizer", "adam", "--lr", "0.03"]
+  with pytest.raises(Stop):
+    kip_rf_cpu.main(base + ["--lr-decay", "cosine", "--steps", "400"])
+  schedule = rates[-1]
+  assert float(schedule(0)) == pytest.approx(0.03)
+  assert float(schedule(200)) == pytest.approx(0.03 * (0.1 + 0.9 * 0.5))
+  assert float(schedule(400)) == pytest.approx(0.003)
+  with pytest.raises(Stop):
+    kip_rf_cpu.main(base)
+  assert rates[-1] == 0.03
+  with pytest.raises(SystemExit):
+    kip_rf_cpu.parse_args(["--lr-decay", "linear"])
+
+
 def test_dd_study_markdown_from_json(tmp_path):
   """The study's Markdown (settings, both tables, figure links) is rebuilt from its JSON."""
   from benchmarks import dd_study
