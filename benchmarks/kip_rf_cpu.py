@@ -169,6 +169,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--no-progress", action="store_true")
   a = p.parse_args(argv)
   a.defaults = {k: p.get_default(k) for k in vars(a)}  # what a result file without a key meant
+  if a.lr_decay and a.steps == a.defaults["steps"]:
+    p.error(f"--lr-decay {a.lr_decay} decays over --steps (default {a.steps}, an upper bound "
+            "the budget never reaches); give --steps, about what the budget allows")
   a.out = a.out or os.path.join(common.RESULTS_DIR, f"{_NAMES[a.kernel]}_cpu")
   return a
 

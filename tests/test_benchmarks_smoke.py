@@ -209,64 +209,62 @@ def test_kip_rf_cpu_stored_only_adds_the_stored_sets_beside_kept_rows(tmp_path, 
                                                    str(out)]), ds, "test", transfer)
 
 
-def test_kip_rf_cpu_passes_the_support_augmentation_to_distill(monkeypatch):
-  """``--augment`` reaches ``kip.distill`` (default: none); other strategies are refused."""
-  import kip
-  from benchmarks import kip_rf_cpu
-  seen = []
+class _StopAtDistill(Exception):
+  pass
 
-  class Stop(Exception):
-    pass
+
+@pytest.fixture
+def distill_calls(monkeypatch):
+  """``kip.distill`` replaced by a recorder that stops the benchmark (digits as the data)."""
+  import kip
+  seen, digits = [], kip.data.load("digits")
 
   def fake_distill(ds, **kwargs):
     seen.append(kwargs)
-    raise Stop
+    raise _StopAtDistill
 
-  digits = kip.data.load("digits")
   monkeypatch.setattr(kip.data, "load", lambda name: digits)
   monkeypatch.setattr(kip, "distill", fake_distill)
+  return seen
+
+
+def test_kip_rf_cpu_passes_the_support_augmentation_to_distill(distill_calls):
+  """``--augment`` reaches ``kip.distill`` (default: none); other strategies are refused."""
+  from benchmarks import kip_rf_cpu
   for argv, want in ((["--augment", "flip_crop"], "flip_crop"), ([], None)):
-    with pytest.raises(Stop):
+    with pytest.raises(_StopAtDistill):
       kip_rf_cpu.main(["--ipc", "1", "--no-progress", "--out", "unused"] + argv)
-    assert seen[-1]["augment"] == want
+    assert distill_calls[-1]["augment"] == want
   with pytest.raises(SystemExit):
     kip_rf_cpu.parse_args(["--augment", "rotate"])
 
 
-def test_kip_rf_cpu_cosine_decay_reaches_the_optimizer(monkeypatch):
-  """``--lr-decay cosine`` gives the optimizer ``--lr`` decaying to 10 % at ``--steps``;
-  without it the rate is the constant ``--lr``."""
-  import kip
+def test_kip_rf_cpu_cosine_decay_reaches_the_optimizer(distill_calls, monkeypatch):
+  """``--lr-decay cosine`` gives the optimizer ``--lr`` decaying to 10 % at ``--steps`` (which
+  it requires); without it the rate is the constant ``--lr``."""
   import optax
   from benchmarks import kip_rf_cpu
   rates, adam = [], optax.adam
-
-  class Stop(Exception):
-    pass
-
-  def fake_distill(ds, **kwargs):
-    raise Stop
 
   def fake_adam(learning_rate):
     rates.append(learning_rate)
     return adam(learning_rate)
 
-  digits = kip.data.load("digits")
-  monkeypatch.setattr(kip.data, "load", lambda name: digits)
-  monkeypatch.setattr(kip, "distill", fake_distill)
   monkeypatch.setattr(kip_rf_cpu.optax, "adam", fake_adam)
   base = ["--ipc", "1", "--no-progress", "--out", "unused", "--optimizer", "adam", "--lr", "0.03"]
-  with pytest.raises(Stop):
+  with pytest.raises(_StopAtDistill):
     kip_rf_cpu.main(base + ["--lr-decay", "cosine", "--steps", "400"])
   schedule = rates[-1]
   assert float(schedule(0)) == pytest.approx(0.03)
   assert float(schedule(200)) == pytest.approx(0.03 * (0.1 + 0.9 * 0.5))
   assert float(schedule(400)) == pytest.approx(0.003)
-  with pytest.raises(Stop):
+  with pytest.raises(_StopAtDistill):
     kip_rf_cpu.main(base)
   assert rates[-1] == 0.03
   with pytest.raises(SystemExit):
-    kip_rf_cpu.parse_args(["--lr-decay", "linear"])
+    kip_rf_cpu.parse_args(["--lr-decay", "linear", "--steps", "400"])
+  with pytest.raises(SystemExit):  # no --steps: the default upper bound is never reached
+    kip_rf_cpu.parse_args(["--lr-decay", "cosine"])
 
 
 def test_dd_study_markdown_from_json(tmp_path):
