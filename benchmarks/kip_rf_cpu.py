@@ -152,7 +152,12 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--pool-models", type=int, default=10, help="learned: networks (FRePo: 10)")
   p.add_argument("--pool-reset-every", type=int, default=100,
                  help="learned: online steps before a reset (FRePo: 100)")
-  p.add_argument("--pool-lr", type=float, default=3e-4, help="learned: online Adam lr")
+  p.add_argument("--pool-lr", type=float, default=None,
+                 help="learned: online lr (default: FRePo's Adam 3e-4; --pool-online dc: 0.01)")
+  p.add_argument("--pool-online", choices=["frepo", "dc"], default="frepo",
+                 help="learned: the pool's online training, FRePo's (Adam, MSE) or the DC "
+                 "protocol's (SGD momentum, cross-entropy, lr / 10 at half of "
+                 "--pool-reset-every)")
   p.add_argument("--random-from", nargs="*", default=[],
                  help="result JSONs of this benchmark whose random-real row at the same IPC "
                  "is reused when its protocol (recipe, network, seed, restarts, split) equals "
@@ -211,7 +216,7 @@ def main(argv=None):
     else:
       kernel = kip.kernels.learned_features(
           "convnet", ds.num_classes, num_models=a.pool_models,
-          reset_every=a.pool_reset_every, learning_rate=a.pool_lr,
+          reset_every=a.pool_reset_every, learning_rate=a.pool_lr, online=a.pool_online,
           model_kwargs={"width": a.width})
       # the pool is not saved with the set: KRR once, at the last step, on all test images
       final_eval = dict(eval_every=10 ** 9, eval_size=len(ds.y_test))
@@ -385,9 +390,12 @@ def _write(a, split, results, distilled=None) -> str:
               f"network(s) drawn fresh every step)")
     krr = f"RF KRR: {a.eval_models} fixed networks of the same width."
   else:
+    online = ("one Adam step on the MSE" if a.pool_online == "frepo" else
+              "one step of the DC protocol's SGD on the cross-entropy")
+    pool_lr = a.pool_lr if a.pool_lr is not None else {"frepo": 3e-4, "dc": 0.01}[a.pool_online]
     kernel = (f"`kernel=learned_features` (FRePo: a pool of {a.pool_models} DC ConvNet-3s of "
-              f"width {a.width}, one drawn per step and then trained one Adam step (lr "
-              f"{a.pool_lr:g}) on the support, reset after {a.pool_reset_every} steps)")
+              f"width {a.width}, one drawn per step and then trained {online} (lr "
+              f"{pool_lr:g}) on the support, reset after {a.pool_reset_every} steps)")
     krr = ("pool KRR: the mean kernel of the final pool's networks, all test images (the pool "
            "is not saved with the set).")
   caption = (

@@ -166,7 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
                  help="learned_features: online steps before a network is re-initialised "
                       "(FRePo: 100)")
   k.add_argument("--pool-lr", type=_positive_float, default=None,
-                 help="learned_features: Adam step size of the online training (FRePo: 3e-4)")
+                 help="learned_features: step size of the online training (FRePo's Adam: "
+                      "3e-4; --pool-online dc: 0.01)")
+  k.add_argument("--pool-online", choices=["frepo", "dc"], default=None,
+                 help="learned_features: how the pool trains on the support: frepo (Adam on "
+                      "the MSE, the default) or dc (the DC protocol's SGD on the cross-entropy)")
   k.add_argument("--pool-width", type=_count(1), default=None,
                  help="learned_features: channels of the pool's ConvNet-3 (default 128)")
   k.add_argument("--memory-budget-gb", type=_positive_float, default=2.0,
@@ -232,7 +236,7 @@ def _load_dataset(name, data_dir, preprocess="standardize", zca_reg=0.1):
 
 
 _POOL_FLAGS = {"pool_models": "num_models", "pool_reset_every": "reset_every",
-               "pool_lr": "learning_rate"}
+               "pool_lr": "learning_rate", "pool_online": "online"}
 
 
 def _kernel(args, num_classes: int):
@@ -250,7 +254,8 @@ def _kernel(args, num_classes: int):
       model_kwargs["width"] = args.pool_width
     return kernels.learned_features("convnet", num_classes, model_kwargs=model_kwargs, **pool)
   if pool or args.pool_width is not None:
-    raise ValueError(f"--pool-models/--pool-reset-every/--pool-lr/--pool-width apply to "
+    raise ValueError(f"--pool-models/--pool-reset-every/--pool-lr/--pool-online/--pool-width "
+                     f"apply to "
                      f"--kernel learned_features, not --kernel {name}.")
   if name in ("fc_rf", "convnet_rf"):
     if args.rf_width is not None:

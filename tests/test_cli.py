@@ -122,13 +122,15 @@ def test_distill_learned_feature_kernel_reports_its_last_evaluation(tmp_path):
   d = tmp_path / "lf"
   code, out, err = _main(DISTILL + ["--kernel", "learned_features", "--pool-width", "8",
                                     "--pool-models", "2", "--pool-reset-every", "3",
-                                    "--pool-lr", "0.01", "--get", "nngp", "--time-budget",
+                                    "--pool-lr", "0.01", "--pool-online", "dc", "--get",
+                                    "nngp", "--time-budget",
                                     "1e-9", "--eval-every", "1000", "--eval-size", "50",
                                     "--out", d])
   assert code == 0, err
   summary = json.loads((d / "summary.json").read_text())
   assert summary["kernel"]["architecture"] == "learned_features"
   assert summary["kernel"]["num_models"] == 2 and summary["kernel"]["reset_every"] == 3
+  assert summary["kernel"]["online"] == "dc" and summary["kernel"]["learning_rate"] == 0.01
   assert summary["kernel"]["model_kwargs"] == {"width": 8}
   assert summary["steps"] == 1  # the budget stopped it after one step, and evaluated there
   assert summary["krr_test_images"] == 50 and 0.0 <= summary["krr_test_accuracy"] <= 1.0

@@ -90,6 +90,41 @@ def test_online_batch_is_drawn_without_replacement(digits_small):
                          got.params, want.params)
 
 
+def test_online_dc_takes_the_dc_protocols_sgd_step_on_the_cross_entropy(digits_small):
+  """``online='dc'``: theta - lr (grad xent(argmax y) + 5e-4 theta), lr 0.01 then 0.001."""
+  lf = _kernel(num_models=1, reset_every=4, learning_rate=None, online="dc")
+  assert lf.learning_rate == 0.01 and lf.spec["online"] == "dc"
+  assert _kernel(learning_rate=None).learning_rate == 3e-4  # FRePo's Adam stays the default
+  x = jnp.asarray(digits_small.x_train[:20])
+  y = jnp.asarray(support_labels(digits_small.y_train[:20], 10))  # centred: argmax = class
+  pool = lf.init(jax.random.PRNGKey(0), x.shape[1:])
+  p0 = lf.select(pool, 0)
+
+  def xent(p):
+    logits = lf.model.apply({"params": p}, x, train=True)
+    return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(20), digits_small.y_train[:20]])
+
+  update = jax.jit(lf.update)
+  pool = update(pool, jnp.asarray(0), jax.random.PRNGKey(1), x, y)
+  p1 = lf.select(pool, 0)
+  want = jax.tree_util.tree_map(lambda t, g: t - 0.01 * (g + 5e-4 * t), p0, jax.grad(xent)(p0))
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                         p1, want)
+  pool = update(pool, jnp.asarray(0), jax.random.PRNGKey(2), x, y)  # lr 0.01, momentum 0.9
+  pool = update(pool, jnp.asarray(0), jax.random.PRNGKey(3), x, y)  # step 2 = 4 // 2: lr 0.001
+  p3 = lf.select(pool, 0)
+  # the momentum buffer m_2 = 0.9 m_1 + g_2 is rebuilt from the two earlier steps' updates
+  m1 = jax.tree_util.tree_map(lambda a, b: (a - b) / 0.01, p0, p1)
+  p2 = jax.tree_util.tree_map(lambda a, m, g: a - 0.01 * (0.9 * m + g + 5e-4 * a), p1, m1,
+                              jax.grad(xent)(p1))
+  m2 = jax.tree_util.tree_map(lambda a, b: (a - b) / 0.01, p1, p2)
+  want = jax.tree_util.tree_map(lambda a, m, g: a - 0.001 * (0.9 * m + g + 5e-4 * a), p2, m2,
+                                jax.grad(xent)(p2))
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5),
+                         p3, want)
+  assert kip.kernels.get_kernel(dict(lf.spec)).online == "dc"  # saved sets rebuild it
+
+
 def test_kip_with_learned_features_learns_and_resumes_bit_identically(digits_small, tmp_path):
   lf = _kernel()
   kw = dict(support_size=10, kernel=lf, get="nngp", steps=12, target_batch_size=100,
@@ -140,6 +175,7 @@ def test_spec_rebuilds_the_kernel():
     ({"learning_rate": -1.0}, "learning_rate=-1.0"),
     ({"learning_rate": float("nan")}, "learning_rate=nan"),
     ({"model_kwargs": {"widht": 8}}, "widht"),
+    ({"online": "sgd"}, "online='sgd'"),
 ])
 def test_bad_arguments(kwargs, match):
   with pytest.raises(ValueError, match=match):

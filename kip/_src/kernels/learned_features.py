@@ -12,10 +12,12 @@ support is distilled. At every KIP step (:func:`kip._src.methods.kip.make_kip`):
 1. a network ``m`` is drawn uniformly from the pool (from the step key);
 2. the support takes one optimizer step on the KRR loss with :math:`K_m` (the targets'
    features carry no gradient);
-3. network ``m`` takes one Adam step on the *updated* support,
-   :math:`\\min_\\theta \\tfrac{1}{2 b} \\sum_i \\lVert f_m(x_i) - y_i \\rVert^2` over ``b =
-   min(n_s, batch_size)`` support rows drawn without replacement; once it has taken more than
-   ``reset_every`` steps it is re-initialised instead. The initial step counts are staggered,
+3. network ``m`` takes one online step on the *updated* support, over ``b = min(n_s,
+   batch_size)`` support rows drawn without replacement: with ``online='frepo'`` (the default)
+   one Adam step on :math:`\\tfrac{1}{2 b} \\sum_i \\lVert f_m(x_i) - y_i \\rVert^2`; with
+   ``online='dc'`` one step of the DC-protocol evaluation's own training (below). Once it has
+   taken more than ``reset_every`` steps it is re-initialised instead. The initial step counts
+   are staggered,
    :math:`c_m = \\lfloor \\text{reset\\_every} / M \\rfloor \\cdot m`, so the pool always holds
    networks at every stage of training.
 
@@ -28,12 +30,20 @@ the flattened input of the last dense layer (``output='feat_fc'``), ``K = h h^T`
 with cosine decay to 10 %, 1,024 targets per step, centred learned labels with a label-margin
 penalty, MSE loss.
 
-One deviation, named: the network. FRePo's ``Conv`` doubles its width per block (128/256/512
+Deviations, named. The network: FRePo's ``Conv`` doubles its width per block (128/256/512
 channels, no normalisation); the default here is the DC ConvNet-3 (``model='convnet'``: 128
 channels in every block, instance norm), the network the DC-protocol transfer evaluates, and
 about a third of the FLOPs on a CPU. Any ``get_model`` name and overrides can be given.
 Networks with batch norm are refused (FRePo's ``has_bn`` path keeps running statistics per
-network; not implemented here).
+network; not implemented here). And, as an option only, the online training:
+``online='dc'`` trains the pool as the DC protocol (:func:`kip._src.transfer.recipes.get_recipe`
+``('dc')``) trains the network that evaluates the set, so that the support is distilled for
+the features that network passes through: softmax cross-entropy on the argmax of the support
+labels, SGD with momentum 0.9 and coupled weight decay 5e-4
+(:func:`kip._src.transfer.train.make_optimizer`), learning rate ``0.01`` divided by 10 after
+half of the ``reset_every`` steps of each network's life (set ``reset_every`` to the
+evaluation's step count, e.g. 300 for 300 epochs of one batch; the protocol's batches hold
+256 rows, so set ``batch_size=256`` for larger supports). Not from FRePo's code.
 
 Reference:
   Zhou, Nezhadarya, Ba, "Dataset Distillation using Neural Feature Regression" (FRePo),
@@ -50,6 +60,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from kip._src import losses
 from kip._src.kernels.random_features import RandomFeatureKernel, _check_count
 
 __all__ = ["FeaturePool", "LearnedFeatureKernel", "PoolKernel", "learned_features"]
@@ -88,8 +99,9 @@ class LearnedFeatureKernel:
     model: the unbound Flax network (``num_classes`` outputs; last layer ``nn.Dense``).
     num_models: ``M``, networks in the pool.
     reset_every: online steps after which a network is re-initialised.
-    learning_rate: Adam step size of the online training.
+    learning_rate: step size of the online training (Adam for ``'frepo'``, SGD for ``'dc'``).
     batch_size: support rows per online step (all of them when fewer).
+    online: ``'frepo'`` (Adam, MSE on the labels) or ``'dc'`` (the DC protocol's training).
     spec: JSON-serialisable description (``DistilledSet`` metadata).
   """
   model: Any
@@ -97,10 +109,20 @@ class LearnedFeatureKernel:
   reset_every: int = 100
   learning_rate: float = 3e-4
   batch_size: int = 1000
+  online: str = "frepo"
   spec: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
   def _optimizer(self) -> optax.GradientTransformation:
+    if self.online == "dc":
+      from kip._src.transfer import recipes, train  # transfer imports the kernels
+      recipe = recipes.get_recipe("dc", learning_rate=self.learning_rate)
+      return train.make_optimizer(recipe, self.reset_every)
     return optax.adam(self.learning_rate)
+
+  def _online_loss(self, out: jax.Array, y: jax.Array) -> jax.Array:
+    if self.online == "dc":
+      return losses.softmax_cross_entropy(out, jnp.argmax(y, axis=-1))
+    return 0.5 * jnp.mean(jnp.sum((out - y) ** 2, axis=-1))
 
   def _init_one(self, key: jax.Array, image_shape: Sequence[int]):
     dummy = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
@@ -157,8 +179,9 @@ class LearnedFeatureKernel:
     """Network ``index`` after one online step on ``(x_s, y_s)``, or re-initialised.
 
     Re-initialised (from ``key``, count 0) when its count exceeds ``reset_every`` (FRePo:
-    ``nn_step > max_online_updates``); otherwise one Adam step on the MSE of its outputs
-    against ``y_s`` over ``min(n_s, batch_size)`` rows drawn without replacement.
+    ``nn_step > max_online_updates``); otherwise one step of the ``online`` training (Adam on
+    the MSE of its outputs against ``y_s``, or the DC protocol's SGD on the cross-entropy
+    against ``argmax(y_s)``) over ``min(n_s, batch_size)`` rows drawn without replacement.
     """
     x_s, y_s = jax.lax.stop_gradient(x_s), jax.lax.stop_gradient(y_s)
     params, opt_state = _pick(pool.params, index), _pick(pool.opt_state, index)
@@ -171,8 +194,7 @@ class LearnedFeatureKernel:
     xb, yb = x_s[rows], y_s[rows]
 
     def loss(p):
-      out = self.model.apply({"params": p}, xb, train=True)
-      return 0.5 * jnp.mean(jnp.sum((out - yb) ** 2, axis=-1))
+      return self._online_loss(self.model.apply({"params": p}, xb, train=True), yb)
 
     grads = jax.grad(loss)(params)
     updates, trained_opt = self._optimizer().update(grads, opt_state, params)
@@ -227,9 +249,12 @@ class PoolKernel:
     return LearnedFeatureKernel.gram(p1, p2)
 
 
+_ONLINE_LR = {"frepo": 3e-4, "dc": 0.01}  # each online training's default step size
+
+
 def learned_features(model: str = "convnet", num_classes: int = 10, *, num_models: int = 10,
-                     reset_every: int = 100, learning_rate: float = 3e-4,
-                     batch_size: int = 1000,
+                     reset_every: int = 100, learning_rate: Optional[float] = None,
+                     batch_size: int = 1000, online: str = "frepo",
                      model_kwargs: Optional[Mapping[str, Any]] = None) -> LearnedFeatureKernel:
   """A FRePo learned-feature kernel: a pool of ``model`` networks trained on the support.
 
@@ -239,22 +264,32 @@ def learned_features(model: str = "convnet", num_classes: int = 10, *, num_model
     num_classes: outputs of the networks (the data set's classes).
     num_models: networks in the pool (FRePo: 10).
     reset_every: online steps before a network is re-initialised (FRePo: 100).
-    learning_rate: Adam step size of the online training (FRePo: 3e-4).
+    learning_rate: step size of the online training; ``None``: FRePo's Adam ``3e-4`` for
+      ``online='frepo'``, the DC protocol's SGD ``0.01`` for ``online='dc'``.
     batch_size: support rows per online step (FRePo: 1000).
+    online: how the pool trains on the support: ``'frepo'`` (FRePo: Adam on the MSE against
+      the labels) or ``'dc'`` (the DC protocol's training of the evaluated network: SGD
+      momentum 0.9, weight decay 5e-4, cross-entropy on the argmax labels, lr / 10 after
+      ``reset_every // 2`` steps; see the module docstring).
     model_kwargs: attributes of the network (e.g. ``{'width': 64}``).
 
   Returns:
     A :class:`LearnedFeatureKernel`.
 
   Raises:
-    ValueError: a count < 1, a learning rate that is not a positive number, or an unknown
-      model or model attribute.
+    ValueError: a count < 1, a learning rate that is not a positive number, an unknown
+      ``online`` training, or an unknown model or model attribute.
   """
   from kip._src.transfer.models import get_model
   num_models = _check_count("num_models", num_models)
   reset_every = _check_count("reset_every", reset_every)
   batch_size = _check_count("batch_size", batch_size)
   num_classes = _check_count("num_classes", num_classes)
+  if online not in _ONLINE_LR:
+    raise ValueError(f"online={online!r} is not an online training; use one of "
+                     f"{sorted(_ONLINE_LR)}.")
+  if learning_rate is None:
+    learning_rate = _ONLINE_LR[online]
   if not (isinstance(learning_rate, (int, float)) and learning_rate > 0
           and learning_rate < float("inf")):
     raise ValueError(f"learning_rate={learning_rate!r} must be a finite number > 0.")
@@ -262,7 +297,7 @@ def learned_features(model: str = "convnet", num_classes: int = 10, *, num_model
   net = get_model(model, num_classes, **model_kwargs)
   spec = {"architecture": "learned_features", "model": model, "num_classes": num_classes,
           "num_models": num_models, "reset_every": reset_every,
-          "learning_rate": float(learning_rate), "batch_size": batch_size,
+          "learning_rate": float(learning_rate), "batch_size": batch_size, "online": online,
           "model_kwargs": model_kwargs}
   return LearnedFeatureKernel(net, num_models, reset_every, float(learning_rate), batch_size,
-                              spec)
+                              online, spec)
