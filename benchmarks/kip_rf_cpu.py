@@ -392,7 +392,8 @@ def _write(a, split, results, distilled=None) -> str:
   else:
     online = ("one Adam step on the MSE" if a.pool_online == "frepo" else
               "one step of the DC protocol's SGD on the cross-entropy")
-    pool_lr = a.pool_lr if a.pool_lr is not None else {"frepo": 3e-4, "dc": 0.01}[a.pool_online]
+    pool_lr = kip.kernels.learned_features(online=a.pool_online,  # the mode's default lr
+                                           learning_rate=a.pool_lr).learning_rate
     kernel = (f"`kernel=learned_features` (FRePo: a pool of {a.pool_models} DC ConvNet-3s of "
               f"width {a.width}, one drawn per step and then trained {online} (lr "
               f"{pool_lr:g}) on the support, reset after {a.pool_reset_every} steps)")
