@@ -254,9 +254,8 @@ def _kernel(args, num_classes: int):
       model_kwargs["width"] = args.pool_width
     return kernels.learned_features("convnet", num_classes, model_kwargs=model_kwargs, **pool)
   if pool or args.pool_width is not None:
-    raise ValueError(f"--pool-models/--pool-reset-every/--pool-lr/--pool-online/--pool-width "
-                     f"apply to "
-                     f"--kernel learned_features, not --kernel {name}.")
+    raise ValueError("--pool-models/--pool-reset-every/--pool-lr/--pool-online/--pool-width "
+                     f"apply to --kernel learned_features, not --kernel {name}.")
   if name in ("fc_rf", "convnet_rf"):
     if args.rf_width is not None:
       kw["width"] = args.rf_width
