@@ -17,6 +17,9 @@ the support), time-boxed by the driver; then
 The library's stored sets of the same size (DM, DSA, KIP-FC under ``benchmarks/results``;
 ``--compare`` names others) are evaluated under the same protocol in the same run, or in a later
 one with ``--stored-only`` (no distillation; the JSON's rows get the stored sets beside them).
+Each stored result records the SHA-1 of the set it measured (``set_sha1``); ``--stored-only``
+evaluates again a set whose file has changed since (or whose result has no digest), so a
+re-distilled set never keeps its predecessor's figure.
 
 ``--validation-size N`` is the setting search: KIP distils from all but the last ``N`` training
 images and every figure is measured on those ``N`` held-out training images instead of the
@@ -39,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -130,6 +134,10 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--lr-decay", default=None, choices=["cosine"],
                  help="cosine: the learning rate decays to 10 %% of --lr over --steps (FRePo's "
                  "outer schedule); set --steps to what the budget allows (default: constant)")
+  p.add_argument("--init", nargs="+", default=None, metavar="SET.npz",
+                 help="start each IPC's run from this set (one per --ipc value) instead of "
+                 "real images (kip.distill(init=...)); a continuation adds its budget to the "
+                 "earlier run's, so compare it as such")
   p.add_argument("--augment", default=None, choices=["flip", "crop", "flip_crop"],
                  help="DSA flips/crops of the support at every step (default: none)")
   p.add_argument("--fixed-labels", action="store_true",
@@ -164,7 +172,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                  "this run's: the evaluation is deterministic, so it would repeat the same "
                  "figures (about 20 minutes at IPC 10)")
   p.add_argument("--stored-only", action="store_true",
-                 help="no distillation: evaluate the stored sets (those not yet evaluated) "
+                 help="no distillation: evaluate the stored sets (those not yet evaluated, "
+                 "or changed since: each result records its set's SHA-1) "
                  "beside the results already in the JSON at each --ipc (in --stored-ipc, if "
                  "given), under the same protocol and restarts, and rewrite its table")
   p.add_argument("--fresh", action="store_true", help="replace the JSON's results instead of "
@@ -189,6 +198,8 @@ def main(argv=None):
   name = _NAMES[a.kernel]
   common.setup_logging()
   budgets = _per_ipc(a.budget_minutes, a.ipc, "budget-minutes")
+  inits = {i: kip.DistilledSet.load(path)
+           for i, path in (_per_ipc(a.init, a.ipc, "init") if a.init else {}).items()}
   restarts = (_per_ipc(a.restarts, a.ipc, "restarts") if a.restarts
               else {i: 10 if i == 1 else 5 for i in a.ipc})
   ds = kip.data.load("fashion_mnist")
@@ -224,10 +235,14 @@ def main(argv=None):
     distilled = kip.distill(ds, images_per_class=ipc, kernel=kernel, get="nngp",
                             loss=a.loss, learn_labels=not a.fixed_labels, steps=a.steps,
                             optimizer=make_optimizer(_learning_rate(a)), augment=a.augment,
+                            init=inits.get(ipc),
                             target_batch_size=min(a.targets, ds.x_train.shape[0]), seed=a.seed,
                             time_budget=60 * budgets[ipc], progress=not a.no_progress,
                             **final_eval)
     seconds = time.time() - t
+    os.makedirs(a.out, exist_ok=True)  # saved before the evaluations: an interruption keeps it
+    distilled.save(os.path.join(a.out, f"{name}_ipc{ipc}.npz"))
+    distilled.grid(os.path.join(a.out, f"{name}_ipc{ipc}.png"), class_names=ds.class_names)
     steps = int(distilled.metadata["steps"])
     per_step = float(distilled.metadata["seconds"]) / max(steps, 1)
     if a.kernel == "rf":
@@ -248,9 +263,6 @@ def main(argv=None):
     others = {}
     if split == "test" and not a.quick and (a.stored_ipc is None or ipc in a.stored_ipc):
       others = _evaluate_stored(ds, ipc, a.compare, restarts[ipc], transfer)
-    os.makedirs(a.out, exist_ok=True)
-    distilled.save(os.path.join(a.out, f"{name}_ipc{ipc}.npz"))
-    distilled.grid(os.path.join(a.out, f"{name}_ipc{ipc}.png"), class_names=ds.class_names)
     target = TARGETS.get(ipc)
     results.append({"ipc": ipc, "split": split, "steps": steps, "seconds_per_step": per_step,
                     "kernel": kernel.spec, "budget_seconds_used": seconds,
@@ -277,10 +289,20 @@ def _evaluate_stored(ds, ipc, extra, restarts, transfer) -> dict:
           for set_name, s in stored_sets(ds, ipc, extra).items()}
 
 
+def set_sha1(s) -> str:
+  """SHA-1 of a set's images and labels (what a stored result was measured on)."""
+  h = hashlib.sha1()
+  for a in (s.images, s.labels):
+    a = np.ascontiguousarray(a, np.float32)
+    h.update(str(a.shape).encode())
+    h.update(a.data)
+  return h.hexdigest()
+
+
 def _evaluate_one(s, ds, ipc, set_name, restarts, transfer) -> dict:
   r = kip.transfer.evaluate(s, ds, restarts=restarts, **transfer).to_dict()
   logger.info("IPC %d, %s: ConvNet-3 %.4f +- %.4f", ipc, set_name, r["mean"], r["std"])
-  return r
+  return {**r, "set_sha1": set_sha1(s)}
 
 
 def _stored_only(a, ds, split, transfer) -> str:
@@ -298,8 +320,13 @@ def _stored_only(a, ds, split, transfer) -> str:
         continue  # `--stored-only --stored-ipc` alone: only the table is rewritten
       row = results[ipc]
       for set_name, s in stored_sets(ds, ipc, a.compare).items():
-        if set_name in row["stored_convnet"]:
+        old = row["stored_convnet"].get(set_name)
+        if old is not None and old.get("set_sha1") == set_sha1(s):
           continue
+        if old is not None:
+          logger.warning("IPC %d, %s: the stored result was measured on %s set; evaluating "
+                         "it again", ipc, set_name,
+                         "an unrecorded" if "set_sha1" not in old else "another")
         row["stored_convnet"] = {**row["stored_convnet"], set_name: _evaluate_one(
             s, ds, ipc, set_name, len(row["convnet"]["accuracies"]), transfer)}
         row["stored_later"] = sorted(set(row.get("stored_later", [])) | {set_name})
@@ -317,7 +344,8 @@ def reused_random(paths, ipc: int, split: str, protocol: dict, *, validation_siz
   and validation size, as ``(row, path)``; ``None`` when no file has one.
 
   ``kip.transfer.evaluate_random`` draws its subsets and networks from ``seed`` alone, so such
-  a row is what a new evaluation would return."""
+  a row is what a new evaluation would return. A row that was itself reused names the file
+  that measured it, and that file is returned as the source."""
   for path in paths:
     with open(path) as f:
       old = json.load(f)
@@ -325,10 +353,11 @@ def reused_random(paths, ipc: int, split: str, protocol: dict, *, validation_siz
       continue
     for r in old.get("results", []):
       rand = r.get("random_convnet") or {}
-      if (r.get("ipc") == ipc and r.get("split") == split and not r.get("random_from")
+      if (r.get("ipc") == ipc and r.get("split") == split
           and rand.get("num_images") == ipc * protocol.get("model_config", {}).get("num_classes")
           and all(rand.get(k) == protocol.get(k) for k in PROTOCOL_KEYS)):
-        return rand, os.path.relpath(path, os.path.dirname(os.path.dirname(common.RESULTS_DIR)))
+        return rand, r.get("random_from") or os.path.relpath(
+            path, os.path.dirname(os.path.dirname(common.RESULTS_DIR)))
   return None
 
 
@@ -399,12 +428,14 @@ def _write(a, split, results, distilled=None) -> str:
               f"{pool_lr:g}) on the support, reset after {a.pool_reset_every} steps)")
     krr = ("pool KRR: the mean kernel of the final pool's networks, all test images (the pool "
            "is not saved with the set).")
+  started = f"started from {', '.join(a.init)} (not from real images), " if a.init else ""
   caption = (
       f"KIP with {kernel}, {a.loss} loss on centred labels "
       f"({'fixed' if a.fixed_labels else 'learned'}), {a.optimizer} lr {a.lr:g}"
       f"{f' cosine-decayed to 10 % over {a.steps} steps' if a.lr_decay else ''}, {a.targets} "
       f"targets per step without replacement, "
       f"{f'support augmented ({a.augment}) at every step, ' if a.augment else ''}"
+      f"{started}"
       f"time-boxed per IPC by the driver. {krr} "
       f"Finite ConvNet-3: DC protocol (see Protocols) on the "
       f"{split} images; random real: a new class-balanced subset per restart; stored sets: the "

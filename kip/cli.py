@@ -173,6 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
                       "the MSE, the default) or dc (the DC protocol's SGD on the cross-entropy)")
   k.add_argument("--pool-width", type=_count(1), default=None,
                  help="learned_features: channels of the pool's ConvNet-3 (default 128)")
+  k.add_argument("--init", default=None, metavar="SET.npz",
+                 help="kip: start from this distilled set's images (its labels' argmax, "
+                      "encoded as --labels) instead of real images; its size is the default "
+                      "support size")
   k.add_argument("--memory-budget-gb", type=_positive_float, default=2.0,
                  help="memory per kernel block")
   d.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
@@ -370,6 +374,14 @@ def _cmd_distill(args, argv) -> int:
   if getattr(args, "_moved_aside", None):
     logger.warning("--overwrite: moved the previous run's files to %s", args._moved_aside)
   ds = _load_dataset(args.dataset, args.data_dir, args.preprocess, args.zca_reg)
+  start = None
+  if args.init is not None:
+    if method != "kip":
+      raise ValueError(f"--init starts a KIP run; method {method!r} does not take it.")
+    start = kip.DistilledSet.load(args.init)
+    start.check_compatible(ds)
+    if args.support_size is None and args.images_per_class is None:
+      args.support_size = len(start)
   if args.support_size is not None:
     from kip._src.methods.kip import resolve_images_per_class
     ipc = resolve_images_per_class(ds.num_classes, args.support_size)
@@ -385,7 +397,7 @@ def _cmd_distill(args, argv) -> int:
                "target_sampling": args.target_sampling,
                "steps": args.steps or kd.steps, **options}
     components = {"kernel_fn": _kernel(args, ds.num_classes), "eval_size": args.eval_size,
-                  "eval_seed": args.seed}
+                  "eval_seed": args.seed, "init": start}
   elif method == "ls":
     options = {"get": args.get, "reg": args.reg, "labels": args.labels, **options}
     components = {"kernel_fn": _kernel(args, ds.num_classes)}
@@ -416,6 +428,8 @@ def _cmd_distill(args, argv) -> int:
              "stopped_early": meta.get("stopped_early"), "seconds": meta.get("seconds"),
              "data_fingerprint": meta.get("fingerprint", {}).get("data"),
              "kernel": meta.get("kernel"), "versions": meta.get("versions")}
+  if meta.get("init"):
+    summary["init"] = {**meta["init"], "path": args.init}
   _write_json(os.path.join(args.out, "summary.json"), summary)
   if method in ("kip", "ls") or meta.get("kernel"):
     kernel = components.get("kernel_fn") if method in ("kip", "ls") else None

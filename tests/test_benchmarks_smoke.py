@@ -172,8 +172,10 @@ def test_kip_rf_cpu_reuses_a_random_real_row_only_under_the_same_protocol(tmp_pa
                                   validation_size=0) is None
   assert kip_rf_cpu.reused_random([str(path)], 10, "test", protocol,
                                   validation_size=5000) is None
+  # a row reused in turn names the file that measured it
   path.write_text(json.dumps({"args": {}, "results": [dict(row, random_from="x.json")]}))
-  assert kip_rf_cpu.reused_random([str(path)], 10, "test", protocol, validation_size=0) is None
+  assert kip_rf_cpu.reused_random([str(path)], 10, "test", protocol,
+                                  validation_size=0) == (rand, "x.json")
 
 
 def test_kip_rf_cpu_stored_only_adds_the_stored_sets_beside_kept_rows(tmp_path, monkeypatch):
@@ -208,6 +210,25 @@ def test_kip_rf_cpu_stored_only_adds_the_stored_sets_beside_kept_rows(tmp_path, 
     kip_rf_cpu._stored_only(kip_rf_cpu.parse_args(["--ipc", "10", "--stored-only", "--out",
                                                    str(out)]), ds, "test", transfer)
 
+  # a set is evaluated again only when its file changed (or its result has no digest)
+  calls = []
+  evaluate = kip.transfer.evaluate
+  monkeypatch.setattr(kip.transfer, "evaluate",
+                      lambda s, *args, **kw: calls.append(len(s)) or evaluate(s, *args, **kw))
+  first = got["stored_convnet"]["mine"]
+  mine = kip.DistilledSet.load(tmp_path / "mine_ipc1.npz")
+  assert first["set_sha1"] == kip_rf_cpu.set_sha1(mine)
+  kip_rf_cpu._stored_only(a, ds, "test", transfer)
+  assert calls == []
+  kip.baselines.random_real(ds, 1, 1).save(tmp_path / "mine_ipc1.npz")  # re-distilled
+  kip_rf_cpu._stored_only(a, ds, "test", transfer)
+  again = json.loads((out / "kip_rf_cpu.json").read_text())["results"][0]["stored_convnet"]
+  assert calls == [10] and again["mine"]["set_sha1"] != first["set_sha1"]
+  saved["results"][0]["stored_convnet"]["mine"].pop("set_sha1")  # a result from before digests
+  (out / "kip_rf_cpu.json").write_text(json.dumps(saved))
+  kip_rf_cpu._stored_only(a, ds, "test", transfer)
+  assert calls == [10, 10]
+
 
 class _StopAtDistill(Exception):
   pass
@@ -237,6 +258,25 @@ def test_kip_rf_cpu_passes_the_support_augmentation_to_distill(distill_calls):
     assert distill_calls[-1]["augment"] == want
   with pytest.raises(SystemExit):
     kip_rf_cpu.parse_args(["--augment", "rotate"])
+
+
+def test_kip_rf_cpu_passes_the_starting_set_to_distill(distill_calls, tmp_path):
+  """``--init`` (one set per ``--ipc`` value) reaches ``kip.distill`` as the loaded set."""
+  import kip
+  from benchmarks import kip_rf_cpu
+  digits = kip.data.load("digits")
+  for ipc in (1, 2):
+    kip.baselines.random_real(digits, ipc, 0).save(tmp_path / f"s_ipc{ipc}.npz")
+  base = ["--no-progress", "--out", "unused"]
+  with pytest.raises(_StopAtDistill):
+    kip_rf_cpu.main(base + ["--ipc", "2", "1", "--init", str(tmp_path / "s_ipc2.npz"),
+                            str(tmp_path / "s_ipc1.npz")])
+  assert len(distill_calls[-1]["init"]) == 20  # the first --ipc value's set
+  with pytest.raises(_StopAtDistill):
+    kip_rf_cpu.main(base + ["--ipc", "1"])
+  assert distill_calls[-1]["init"] is None
+  with pytest.raises(SystemExit, match="--init takes one value or one per --ipc value"):
+    kip_rf_cpu.main(base + ["--ipc", "1", "10", "--init", "a.npz", "b.npz", "c.npz"])
 
 
 def test_kip_rf_cpu_cosine_decay_reaches_the_optimizer(distill_calls, monkeypatch):

@@ -142,6 +142,24 @@ def test_distill_learned_feature_kernel_reports_its_last_evaluation(tmp_path):
   assert code != 0 and "--pool-width" in err
 
 
+def test_distill_init_starts_from_a_saved_set(run, tmp_path):
+  d, _ = run
+  start = kip.DistilledSet.load(d / "distilled.npz")
+  argv = ["distill", "--dataset", "digits", "--steps", "2", "--no-progress", "--eval-every",
+          "0", "--init", d / "distilled.npz"]
+  code, _, err = _main(argv + ["--out", tmp_path / "a"])
+  assert code == 0, err
+  summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+  assert summary["support_size"] == len(start) == 20  # the set's size, not the default 10
+  got = kip.DistilledSet.load(tmp_path / "a" / "distilled.npz")
+  assert got.metadata["init"] == kip_method.describe_init(start)
+  assert summary["init"] == {**got.metadata["init"], "path": str(d / "distilled.npz")}
+  code, _, err = _main(argv + ["--support-size", "10", "--out", tmp_path / "b"])
+  assert code == 2 and "init holds 20 images but the support has 10" in err
+  code, _, err = _main(argv + ["--method", "dm", "--out", tmp_path / "c"])
+  assert code == 2 and "--init starts a KIP run" in err
+
+
 def test_evaluate_beside_random_real(run):
   d, _ = run
   argv = ["evaluate", d / "distilled.npz", "--model", "fc", "--steps", "10", "--restarts", "2",

@@ -10,6 +10,7 @@ only reads them.
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -138,6 +139,58 @@ def test_init_depends_on_seed(ds):
   np.testing.assert_allclose(yc, np.asarray(ya) - 0.1, atol=1e-7)
   with pytest.raises(ValueError, match="fewer than images_per_class=50"):
     M.init_support(jax.random.PRNGKey(0), ds, 50)
+
+
+def test_init_from_a_given_set(ds, kf, tmp_path):
+  """``init=``: the run starts from the set's images and its labels' argmax, re-encoded."""
+  start = kip.baselines.random_real(ds, 2, 5).replace(
+      labels=np.eye(10, dtype=np.float32)[np.repeat(np.arange(10), 2)] * 3.0)  # "learned"
+  out = kip.distill(ds, kernel=kf, steps=0, init=start, progress=False)  # size from init
+  assert len(out) == 20
+  np.testing.assert_array_equal(out.images, start.images)
+  np.testing.assert_allclose(out.labels, np.eye(10)[start.hard_labels] - 0.1, atol=1e-7)
+  assert out.metadata["init"] == {"method": "random", "images": 20,
+                                  "sha1": M.describe_init(start)["sha1"]}
+  pair = kip.distill(ds, kernel=kf, steps=0, init=(start.images, start.hard_labels),
+                     labels="one_hot", progress=False)
+  np.testing.assert_array_equal(pair.images, start.images)
+  np.testing.assert_array_equal(pair.labels, np.eye(10)[start.hard_labels])
+  assert pair.metadata["init"]["method"] == "arrays"
+  run = dict(REF, support_size=20, steps=3, checkpoint_every=0)
+  moved = kip.distill(ds, kernel=kf, init=start, checkpoint_dir=tmp_path, **run)
+  assert np.isfinite(moved.metadata["history"]["loss"]).all()
+  assert not np.array_equal(moved.images, start.images)
+  other = kip.baselines.random_real(ds, 2, 6)
+  with pytest.raises(ValueError, match="written by a different run: .*spec.init"):
+    kip.distill(ds, kernel=kf, init=other, checkpoint_dir=tmp_path, resume=True, **run)
+  again = kip.distill(ds, kernel=kf, init=start, checkpoint_dir=tmp_path, resume=True, **run)
+  np.testing.assert_array_equal(again.images, moved.images)
+
+
+@pytest.mark.parametrize("make,kwargs,match", [
+    (lambda s: s, dict(support_size=10), "init holds 20 images but the support has 10"),
+    (lambda s: (s.images[:, :4], s.hard_labels), {}, "init images have shape"),
+    (lambda s: (s.images, s.hard_labels + 1), {}, "outside 0..9"),
+    (lambda s: (s.images, s.hard_labels.astype(np.float32)), {}, "give (20,) class indices"),
+    (lambda s: (np.where(np.arange(20)[:, None, None, None] == 3, np.nan, s.images),
+                s.hard_labels), {}, "NaN"),
+    (lambda s: s.images, {}, "must be a kip.DistilledSet or an (images, labels) pair"),
+    (lambda s: s.replace(dataset="mnist"), {}, "made from 'mnist'"),
+    (lambda s: s, dict(mode="ls"), "kip.label_solve"),
+])
+def test_init_errors(ds, kf, make, kwargs, match):
+  start = kip.baselines.random_real(ds, 2, 0)
+  kwargs = {"support_size": 20, **kwargs}
+  with pytest.raises(ValueError, match=re.escape(match)):
+    kip.distill(ds, kernel=kf, steps=0, init=make(start), progress=False, **kwargs)
+
+
+def test_init_refuses_other_preprocessing(ds, kf):
+  raw = kip.data.load("digits", preprocess="none")
+  start = kip.baselines.random_real(raw, 1, 0)
+  assert start.preprocessing.kind != ds.preprocessing.kind
+  with pytest.raises(ValueError, match="load the data with preprocess="):
+    kip.distill(ds, kernel=kf, steps=0, init=start, progress=False)
 
 
 # ----------------------------------------------------------------------------- KIP

@@ -37,13 +37,13 @@ def distill(dataset, support_size: Optional[int] = None, learn_labels: bool = _K
             checkpoint_every: int = 100, resume: bool = False, overwrite: bool = False,
             eval_every: int = 0, eval_size: int = 1000, progress: bool = True,
             callback: Optional[Callable[[int, dict], None]] = None,
-            time_budget: Optional[float] = None) -> DistilledSet:
+            time_budget: Optional[float] = None, init=None) -> DistilledSet:
   """Distils ``dataset`` into a small support set with KIP (or LS).
 
   Args:
     dataset: a ``kip.data.Dataset``.
     support_size: total support images, class balanced (must divide by the class count);
-      default 10 unless ``images_per_class`` is given.
+      default 10 unless ``images_per_class`` or ``init`` is given (then ``len(init)``).
     learn_labels: learn the labels too (KIP with label learning).
     images_per_class: alternative to ``support_size``.
     kernel: ``'fc'``, ``'convnet'``, ``'convnet_rf'``, ``'learned_features'`` (FRePo: a
@@ -77,14 +77,26 @@ def distill(dataset, support_size: Optional[int] = None, learn_labels: bool = _K
     callback: ``callback(step, metrics)`` after every step.
     time_budget: stop after this many seconds of optimisation (the set so far is returned and
       ``metadata['stopped_early']`` is set); ``None``: run all ``steps``.
+    init: start KIP from this support instead of class-balanced real images (the
+      reference): a ``kip.DistilledSet`` of this data set (e.g. a coreset, or another method's
+      or run's set) or an ``(images, labels)`` pair. Its images are used as they are, its
+      labels' argmax encoded as ``labels`` says (learned labels are not carried over; to
+      continue a run exactly, use ``checkpoint_dir`` and ``resume``). Recorded in
+      ``metadata['init']``.
 
   Returns:
     The :class:`~kip.DistilledSet`.
   """
   if support_size is None and images_per_class is None:
-    support_size = 10 if config is None else config.images_per_class * dataset.num_classes
+    if init is not None and mode == "kip":
+      support_size = kip_method.describe_init(init)["images"]
+    else:
+      support_size = 10 if config is None else config.images_per_class * dataset.num_classes
   ipc = kip_method.resolve_images_per_class(dataset.num_classes, support_size, images_per_class)
   if mode == "ls":
+    if init is not None:
+      raise ValueError("init is a starting support for KIP; for a label solve on given images "
+                       "use kip.label_solve(dataset, images).")
     ls_config = LSConfig(images_per_class=ipc, get=get, reg=reg, labels=labels)
     algorithm = kip_method.make_ls(ls_config, kernel, progress=progress)
     return driver.run(algorithm, dataset, 1, key=seed, checkpoint_dir=checkpoint_dir,
@@ -103,7 +115,7 @@ def distill(dataset, support_size: Optional[int] = None, learn_labels: bool = _K
   else:
     config = dataclasses.replace(config, images_per_class=ipc)
   algorithm = kip_method.make_kip(config, kernel, optimizer=optimizer, eval_size=eval_size,
-                                  eval_seed=seed)
+                                  eval_seed=seed, init=init)
   return driver.run(algorithm, dataset, config.steps, key=seed, checkpoint_dir=checkpoint_dir,
                     checkpoint_every=checkpoint_every, resume=resume, overwrite=overwrite,
                     eval_every=eval_every, time_budget=time_budget, progress=progress,

@@ -30,6 +30,7 @@ and every step trains the network it used for one step on the updated support.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 from typing import Any, Callable, Mapping, NamedTuple, Optional, Union
 
@@ -49,8 +50,8 @@ from kip._src.kernels.presets import get_kernel
 from kip._src.sampling import ClassTable
 
 __all__ = ["KIPConfig", "KIPState", "KIPPoolState", "LSConfig", "LSState", "make_kip", "make_ls",
-           "make_loss", "init_support", "label_solve", "resolve_images_per_class",
-           "support_labels", "OPTIMIZERS"]
+           "make_loss", "init_support", "given_support", "describe_init", "label_solve",
+           "resolve_images_per_class", "support_labels", "OPTIMIZERS"]
 
 logger = logging.getLogger(__name__)
 
@@ -324,9 +325,87 @@ def _optimizer(config: KIPConfig, params: Mapping[str, Any],
                                 "temperature": optax.adam(config.temperature_lr)}, labels)
 
 
+def given_support(init, dataset, images_per_class: int,
+                  labels: str = "one_hot") -> tuple[jax.Array, jax.Array]:
+  """The support a run starts from when the user gives one (``make_kip(init=...)``).
+
+  Images are taken as they are; labels are the argmax of the given labels (or the given class
+  indices), encoded as :func:`support_labels` encodes real images' labels, so a run started
+  from a set begins as a run started from real images would, with other images. Learned labels
+  are therefore not carried over (resume from a checkpoint to continue a run exactly).
+
+  Args:
+    init: a :class:`~kip.DistilledSet` (made from ``dataset``: same name, image shape and
+      classes) or a pair ``(images (n, H, W, C), labels)`` with ``labels`` of shape ``(n,)``
+      (class indices) or ``(n, K)``.
+    dataset: the ``kip.data.Dataset`` being distilled.
+    images_per_class: the run's support size per class; ``n`` must be
+      ``images_per_class * K``.
+    labels: ``'centred'`` or ``'one_hot'``.
+
+  Returns:
+    ``images (n, H, W, C)`` and ``labels (n, K)``.
+
+  Raises:
+    ValueError: a shape, size, class index or value that does not fit, naming the fix.
+  """
+  k = dataset.num_classes
+  if isinstance(init, DistilledSet):
+    init.check_compatible(dataset)
+    mine = getattr(getattr(dataset, "preprocessing", None), "kind", None)
+    theirs = getattr(init.preprocessing, "kind", None)
+    if None not in (mine, theirs) and mine != theirs:
+      raise ValueError(f"init was made from data preprocessed with {theirs!r}, this data set "
+                       f"with {mine!r}; load the data with preprocess={theirs!r}.")
+  images, y = _init_arrays(init)
+  shape = tuple(dataset.x_train.shape[1:])
+  if images.ndim != 4 or images.shape[1:] != shape:
+    raise ValueError(f"init images have shape {images.shape}; this data set's images are "
+                     f"(n,) + {shape}.")
+  n = images_per_class * k
+  if images.shape[0] != n:
+    raise ValueError(f"init holds {images.shape[0]} images but the support has {n} "
+                     f"({images_per_class} per class x {k} classes); pass "
+                     f"support_size={images.shape[0]} or a set of {n} images.")
+  if y.ndim == 2 and y.shape == (n, k):
+    y = np.argmax(y, axis=1)
+  elif y.ndim != 1 or y.shape[0] != n or y.dtype.kind not in "iu":
+    raise ValueError(f"init labels have shape {y.shape} (dtype {y.dtype}); give ({n},) class "
+                     f"indices or ({n}, {k}) label rows.")
+  if y.size and (y.min() < 0 or y.max() >= k):
+    raise ValueError(f"init labels hold class {int(y.min() if y.min() < 0 else y.max())}, "
+                     f"outside 0..{k - 1}.")
+  if not np.isfinite(images).all():
+    raise ValueError("init images contain NaN or inf; give finite images.")
+  return jnp.asarray(images), jnp.asarray(support_labels(y, k, labels))
+
+
+def _init_arrays(init) -> tuple[np.ndarray, np.ndarray]:
+  if isinstance(init, DistilledSet):
+    return init.images, np.asarray(init.labels)
+  if isinstance(init, (tuple, list)) and len(init) == 2:
+    return np.asarray(init[0], np.float32), np.asarray(init[1])
+  raise ValueError(f"init must be a kip.DistilledSet or an (images, labels) pair; got "
+                   f"{type(init).__name__}.")
+
+
+def describe_init(init) -> dict:
+  """``{"method", "images", "sha1"}`` of a given starting support (for specs and metadata):
+  the set's method (``'arrays'`` for a pair), its size and the SHA-1 of its images and
+  labels."""
+  images, y = _init_arrays(init)
+  h = hashlib.sha1()
+  for a in (images, y):
+    a = np.ascontiguousarray(a)
+    h.update(str((a.dtype.str, a.shape)).encode())
+    h.update(a.data)
+  return {"method": init.method if isinstance(init, DistilledSet) else "arrays",
+          "images": int(images.shape[0]) if images.ndim else 0, "sha1": h.hexdigest()}
+
+
 def make_kip(config: KIPConfig, kernel_fn: Union[str, Mapping, Callable] = "fc", *,
              optimizer: Optional[optax.GradientTransformation] = None,
-             eval_size: int = 1000, eval_seed: int = 0) -> Algorithm:
+             eval_size: int = 1000, eval_seed: int = 0, init=None) -> Algorithm:
   """The KIP :class:`~kip._src.algorithm.Algorithm`.
 
   Args:
@@ -339,6 +418,10 @@ def make_kip(config: KIPConfig, kernel_fn: Union[str, Mapping, Callable] = "fc",
       ``'user'`` in the spec; a checkpoint resumes only with the same structure).
     eval_size: class-balanced test images of the periodic KRR evaluation.
     eval_seed: seed of that subset.
+    init: ``None`` (the reference: class-balanced real training images drawn from the key,
+      :func:`init_support`) or the support to start from, a ``kip.DistilledSet`` or an
+      ``(images, labels)`` pair (:func:`given_support`: argmax labels, re-encoded). Recorded
+      in the spec and the set's metadata as ``init`` (method, size, SHA-1).
 
   Returns:
     The algorithm; its step key drives the target batch, the augmentation and the random
@@ -352,9 +435,13 @@ def make_kip(config: KIPConfig, kernel_fn: Union[str, Mapping, Callable] = "fc",
   loss = make_loss(kernel_fn, config)
   grad_fn = jax.value_and_grad(loss, has_aux=True)
   replace = config.target_sampling == "with_replacement"
+  init_about = None if init is None else describe_init(init)
 
-  def init(key, dataset):
-    x_s, y_s = init_support(key, dataset, ipc, config.labels)
+  def init_state(key, dataset):
+    if init is None:
+      x_s, y_s = init_support(key, dataset, ipc, config.labels)
+    else:
+      x_s, y_s = given_support(init, dataset, ipc, config.labels)
     params, fixed = {}, {}
     (params if config.learn_images else fixed)["images"] = x_s
     (params if config.learn_labels else fixed)["labels"] = y_s
@@ -405,6 +492,8 @@ def make_kip(config: KIPConfig, kernel_fn: Union[str, Mapping, Callable] = "fc",
             "class_names": list(dataset.class_names),
             "preprocessing": getattr(dataset.preprocessing, "kind", None),
             "optimizer": config.optimizer if optimizer is None else "user"}
+    if init_about is not None:
+      meta["init"] = init_about
     if "log_temperature" in state.params:
       meta["temperature"] = float(jnp.exp(state.params["log_temperature"]))
     return DistilledSet(images=np.asarray(images), labels=np.asarray(labels),
@@ -430,9 +519,11 @@ def make_kip(config: KIPConfig, kernel_fn: Union[str, Mapping, Callable] = "fc",
 
   spec = {"config": config.to_dict(), "kernel": kernel_spec,
           "optimizer": config.optimizer if optimizer is None else "user"}
+  if init_about is not None:
+    spec["init"] = init_about
   hint = (f"lower the learning rate (now {config.learning_rate}) or raise reg "
           f"(now {config.reg})")
-  return Algorithm("kip", init, data, step, result, spec, config.steps, hint, eval_fn)
+  return Algorithm("kip", init_state, data, step, result, spec, config.steps, hint, eval_fn)
 
 
 # ------------------------------------------------------------------------------ label solve
