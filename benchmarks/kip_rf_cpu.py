@@ -457,6 +457,8 @@ def _write(a, split, results, distilled=None) -> str:
                           for r in results) + ".")
   title = ("KIP with random-feature ConvNet kernels (Fashion-MNIST, CPU)" if rf else
            "KIP with FRePo's learned-feature kernel (Fashion-MNIST, CPU)")
+  if a.init:
+    title = title[:-1] + ", started from a stored set)"
   args = {k: v for k, v in vars(a).items() if k != "defaults"}
   common.write_json(path,
                     {"title": title, "module": "benchmarks.kip_rf_cpu",
