@@ -428,7 +428,7 @@ def _cmd_distill(args, argv) -> int:
              "stopped_early": meta.get("stopped_early"), "seconds": meta.get("seconds"),
              "data_fingerprint": meta.get("fingerprint", {}).get("data"),
              "kernel": meta.get("kernel"), "versions": meta.get("versions")}
-  if meta.get("init"):
+  if start is not None:  # other methods' metadata may use "init" for their own setting
     summary["init"] = {**meta["init"], "path": args.init}
   _write_json(os.path.join(args.out, "summary.json"), summary)
   if method in ("kip", "ls") or meta.get("kernel"):
